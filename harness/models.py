@@ -1,0 +1,73 @@
+"""Model references and the weight-format rule: safetensors only, never pickles."""
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.recipe import BaseModelSpec
+
+# Weight files that unpickle on load: a malicious one runs code. We never load them.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def check_weights_folder(folder: Path) -> list[Path]:
+    """Return the folder's safetensors files; refuse a folder whose weights are pickles."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise HarnessError(f"{folder}: model folder not found; check base.model in the recipe")
+    weights = sorted(folder.glob("*.safetensors"))
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if not weights:
+        found = f" (found pickle weights {', '.join(pickles)})" if pickles else ""
+        raise HarnessError(f"{folder}: no *.safetensors weights{found}; convert the model to "
+                           "safetensors first (pickled weights are never loaded)")
+    return weights
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header (names, dtypes, shapes, offsets): read without loading any tensor."""
+    with open(path, "rb") as fh:
+        size_bytes = fh.read(8)
+        if len(size_bytes) != 8:
+            raise HarnessError(f"{path}: not a safetensors file (too short)")
+        (size,) = struct.unpack("<Q", size_bytes)
+        if size > 100_000_000:
+            raise HarnessError(f"{path}: not a safetensors file (header size {size})")
+        return json.loads(fh.read(size))
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """Cheap content identity of a local model: small files hashed whole, weights by header+size.
+
+    Hashing 15 GB of weights at every plan would cost minutes; a safetensors header pins every
+    tensor's name, dtype, shape and byte range, and the size pins the rest.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*")):
+        if not path.is_file():
+            continue
+        digest.update(str(path.relative_to(folder)).encode())
+        if path.suffix == ".safetensors":
+            digest.update(json.dumps(safetensors_header(path), sort_keys=True).encode())
+            digest.update(str(path.stat().st_size).encode())
+        elif path.stat().st_size < 50_000_000:
+            digest.update(path.read_bytes())
+        else:
+            digest.update(str(path.stat().st_size).encode())
+    return digest.hexdigest()[:16]
+
+
+def base_reference(spec: BaseModelSpec) -> dict[str, Any]:
+    """What identifies the base model in content keys (the tiny base gets its unit's key)."""
+    if spec.kind == "hub":
+        return {"kind": "hub", "id": spec.model, "dtype": spec.dtype}
+    if spec.kind == "local":
+        folder = Path(spec.model).expanduser().resolve()
+        check_weights_folder(folder)
+        return {"kind": "local", "path": str(folder), "fingerprint": folder_fingerprint(folder),
+                "dtype": spec.dtype}
+    return {"kind": "tiny"}

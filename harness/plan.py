@@ -1,0 +1,153 @@
+"""The plan: every unit of work a recipe implies, each with its content key.
+
+Keys chain: a unit's key hashes its own recipe section, the keys of the units it reads, the
+pinned versions of the packages that shape its output, and its stage's code revision. So
+changing one merge parameter changes exactly that merge's key and its evaluation's key.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.models import base_reference
+from harness.recipe import MergeSpec, Recipe
+from harness.store import Store, content_key
+from harness.versions import stage_versions
+
+STAGES = ("data", "specialists", "merge", "eval", "leaderboard")
+
+# Bump a stage's revision when its code changes what it writes: every key of it changes.
+STAGE_REVISION = {"data": 1, "specialists": 1, "merge": 1, "eval": 1, "leaderboard": 1}
+
+
+@dataclass(frozen=True)
+class Unit:
+    stage: str
+    name: str
+    key: str
+    inputs: dict[str, Any] = field(compare=False, repr=False)
+    versions: dict[str, str] = field(compare=False, repr=False)
+    needs: tuple[str, ...] = ()  # keys of upstream units
+
+    @property
+    def id(self) -> str:
+        return f"{self.stage}/{self.key}"
+
+
+def _unit(stage: str, name: str, inputs: dict[str, Any], requirements: Path,
+          needs: tuple[str, ...] = ()) -> Unit:
+    versions = stage_versions(stage, requirements)
+    keyed = {"stage": stage, "revision": STAGE_REVISION[stage], "inputs": inputs,
+             "versions": versions}
+    return Unit(stage, name, content_key(keyed), inputs, versions, needs)
+
+
+def grid_points(spec: MergeSpec) -> list[dict[str, Any]]:
+    """Cartesian product of the grid axes, each point completed with the fixed params."""
+    axes = sorted(spec.grid)
+    points = []
+    for values in itertools.product(*(spec.grid[a] for a in axes)):
+        points.append({**spec.params, **dict(zip(axes, values))})
+    return points or [dict(spec.params)]
+
+
+def _point_label(point: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(point.items())) or "defaults"
+
+
+def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
+    plan: dict[str, list[Unit]] = {s: [] for s in STAGES}
+
+    data_keys = {}
+    for name, ds in sorted(recipe.datasets.items()):
+        unit = _unit("data", f"dataset {name}", {"name": name, "dataset": ds.model_dump()},
+                     requirements)
+        plan["data"].append(unit)
+        data_keys[name] = unit.key
+
+    base = base_reference(recipe.base)
+    if recipe.base.kind == "tiny":
+        # The tiny base is pre-trained on a generated corpus about the same synthetic world as
+        # the specialists' data, but not on their splits: changing a specialist's data
+        # retrains that specialist only.
+        tiny = recipe.base.tiny
+        corpus = _unit("data", "pre-training corpus (synthetic)",
+                       {"corpus": {"statements": tiny.corpus_statements,
+                                   "seed": tiny.corpus_seed}}, requirements)
+        plan["data"].append(corpus)
+        unit = _unit("specialists", "base (tiny, pre-trained here)",
+                     {"base": recipe.base.model_dump(), "corpus": corpus.key}, requirements,
+                     (corpus.key,))
+        plan["specialists"].append(unit)
+        base = {"kind": "tiny", "key": unit.key}
+
+    models: list[tuple[str, str, str]] = []  # (label, stage, key) of every model to evaluate
+    if "key" in base:
+        models.append(("base", "specialists", base["key"]))
+    else:
+        models.append(("base", "external", content_key(base)))
+
+    for seed in recipe.seeds:
+        specialist_keys = []
+        for sp in recipe.specialists:
+            dkey = data_keys[sp.dataset]
+            unit = _unit("specialists", f"specialist {sp.name} seed={seed}",
+                         {"specialist": sp.model_dump(), "data": dkey, "base": base,
+                          "template": recipe.base.template, "seed": seed}, requirements,
+                         (dkey,) + ((base["key"],) if "key" in base else ()))
+            plan["specialists"].append(unit)
+            specialist_keys.append(unit.key)
+            models.append((f"specialist {sp.name} seed={seed}", "specialists", unit.key))
+        if recipe.multitask.enabled:
+            dkeys = tuple(data_keys[sp.dataset] for sp in recipe.specialists)
+            unit = _unit("specialists", f"multitask seed={seed}",
+                         {"multitask": recipe.multitask.model_dump(), "data": dkeys,
+                          "base": base, "template": recipe.base.template, "seed": seed},
+                         requirements, dkeys)
+            plan["specialists"].append(unit)
+            models.append((f"multitask seed={seed}", "specialists", unit.key))
+
+        for spec in recipe.merges:
+            common = {"method": spec.method, "base": base, "models": specialist_keys,
+                      "seed": seed}
+            if spec.method == "hi_merging":
+                # Its search scores candidates on the dev split, so the scorer shapes the output.
+                points = [{"options": spec.options, "scorer": recipe.scorer.model_dump(),
+                           "dev_data": sorted(data_keys.values())}]
+            else:
+                points = [{"params": p} for p in grid_points(spec)]
+            for point in points:
+                label = _point_label(point.get("params", {})) if "params" in point else "search"
+                unit = _unit("merge", f"{spec.method} [{label}] seed={seed}",
+                             {**common, **point}, requirements, tuple(specialist_keys))
+                plan["merge"].append(unit)
+                models.append((unit.name, "merge", unit.key))
+
+    eval_section = recipe.eval.model_dump()
+    eval_data = tuple(sorted(data_keys.values()))
+    for label, stage, key in models:
+        unit = _unit("eval", f"eval {label}",
+                     {"model": {"stage": stage, "key": key}, "eval": eval_section,
+                      "data": eval_data}, requirements, (key,))
+        plan["eval"].append(unit)
+
+    eval_keys = tuple(u.key for u in plan["eval"])
+    plan["leaderboard"].append(_unit("leaderboard", f"leaderboard {recipe.name}",
+                                     {"evals": eval_keys, "recipe": recipe.name},
+                                     requirements, eval_keys))
+    return plan
+
+
+def format_plan(plan: dict[str, list[Unit]], store: Store, stages=STAGES) -> str:
+    rows = []
+    for stage in stages:
+        for unit in plan[stage]:
+            status = "cached" if store.has(stage, unit.key) else "to do"
+            rows.append((stage, unit.key, status, unit.name))
+    lines = [f"{'stage':<12} {'key':<16}  {'status':<6}  unit"]
+    lines += [f"{s:<12} {k:<16}  {st:<6}  {n}" for s, k, st, n in rows]
+    todo = sum(1 for r in rows if r[2] == "to do")
+    lines.append(f"{len(rows)} units, {len(rows) - todo} cached, {todo} to do")
+    return "\n".join(lines)

@@ -1,0 +1,319 @@
+"""Recipe schema: the one interface of an experiment.
+
+A recipe is strict on purpose. mergekit silently ignores unknown YAML keys, so a misspelled
+`densty:` would quietly merge with the default; here every unknown key is an error that names
+its path in the file and suggests the closest valid key.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.errors import HarnessError
+from harness.merge_methods import METHODS, hi_merging_option_names
+
+RECIPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+TaskType = Literal["mcqa", "qa"]
+Language = Literal["en", "zh"]
+# Sources a dataset entry may name; converters arrive with the data stage.
+DATASET_SOURCES = (
+    "synthetic", "medqa", "medmcqa", "cmexam", "cmb", "cmb_clin",
+    "healthcaremagic", "chatdoctor", "cmedqa2", "medical_zh_sft",
+)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TinyBase(Strict):
+    """A Qwen2-architecture model built and pre-trained locally (no hub)."""
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(4, gt=0)
+    num_heads: int = Field(2, gt=0)
+    num_kv_heads: int = Field(1, gt=0)
+    intermediate_size: int = Field(256, gt=0)
+    vocab_size: int = Field(3000, gt=256)
+    max_position_embeddings: int = Field(512, gt=0)
+    pretrain_steps: int = Field(1200, gt=0)
+    pretrain_lr: float = Field(2e-3, gt=0)
+    pretrain_batch_size: int = Field(32, gt=0)
+    cutoff_len: int = Field(128, gt=0)
+    # The pre-training corpus: generated statements about the synthetic conditions.
+    corpus_statements: int = Field(40000, gt=0)
+    corpus_seed: int = 0
+
+    @model_validator(mode="after")
+    def _head_dim(self) -> "TinyBase":
+        # vLLM's CPU attention kernel rejects head_dim 16; 64 is known to work.
+        if self.hidden_size % self.num_heads or self.hidden_size // self.num_heads != 64:
+            raise ValueError(
+                f"hidden_size/num_heads must be 64 (vLLM CPU kernels), got "
+                f"{self.hidden_size}/{self.num_heads}; fix hidden_size or num_heads")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+        return self
+
+
+class BaseModelSpec(Strict):
+    """`model` is a hub id (org/name), an absolute or ./relative local folder, or `tiny`."""
+    model: str
+    template: str = "qwen"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+    tiny: Optional[TinyBase] = None
+
+    @model_validator(mode="after")
+    def _tiny_spec(self) -> "BaseModelSpec":
+        if self.model == "tiny" and self.tiny is None:
+            object.__setattr__(self, "tiny", TinyBase())
+        if self.model != "tiny" and self.tiny is not None:
+            raise ValueError("`tiny` settings are only allowed with model: tiny")
+        return self
+
+    @property
+    def kind(self) -> Literal["tiny", "local", "hub"]:
+        if self.model == "tiny":
+            return "tiny"
+        if self.model.startswith(("/", "./", "../", "~")):
+            return "local"
+        return "hub"
+
+
+class DatasetSpec(Strict):
+    """One dataset. `path` is a hub id or a local file/folder in the original release format."""
+    source: Literal[DATASET_SOURCES]  # type: ignore[valid-type]
+    language: Language
+    task_type: TaskType
+    path: Optional[str] = None
+    # Synthetic generator sizes; ignored by real sources.
+    train_size: Optional[int] = Field(None, gt=0)
+    dev_size: Optional[int] = Field(None, gt=0)
+    test_size: Optional[int] = Field(None, gt=0)
+    max_train: Optional[int] = Field(None, gt=0)
+    split_seed: int = 0
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "DatasetSpec":
+        if self.source != "synthetic" and not self.path:
+            raise ValueError(f"source {self.source!r} needs `path` (hub id or local file)")
+        return self
+
+
+class Finetuning(Strict):
+    """LoRA SFT as in the paper (rank 8, alpha 16, dropout 0.01, lr 1e-4)."""
+    type: Literal["lora", "full"] = "lora"
+    lora_rank: int = Field(8, gt=0)
+    lora_alpha: int = Field(16, gt=0)
+    lora_dropout: float = Field(0.01, ge=0, lt=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    num_train_epochs: float = Field(3.0, gt=0)
+    max_steps: Optional[int] = Field(None, gt=0)
+    per_device_train_batch_size: int = Field(4, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    cutoff_len: int = Field(1024, gt=0)
+
+
+class Specialist(Strict):
+    name: str
+    dataset: str
+    language: Language
+    task_type: TaskType
+    finetuning: Finetuning = Finetuning()
+    # Passed verbatim into the LLaMA-Factory YAML (that tool validates its own keys).
+    llamafactory: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not RECIPE_NAME.match(v):
+            raise ValueError(f"specialist name {v!r} must be letters, digits, '_', '-', '.'")
+        return v
+
+
+class MultiTask(Strict):
+    """The paper's upper reference: one fine-tune on all specialists' data mixed."""
+    enabled: bool = False
+    finetuning: Finetuning = Finetuning()
+    llamafactory: dict[str, Any] = Field(default_factory=dict)
+
+
+GridValue = Union[float, int, bool, str]
+
+
+class MergeSpec(Strict):
+    """One merge method with a hyperparameter grid (each list is one grid axis)."""
+    method: str
+    grid: dict[str, list[GridValue]] = Field(default_factory=dict)
+    params: dict[str, GridValue] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)  # hi_merging only
+
+    @model_validator(mode="after")
+    def _known(self) -> "MergeSpec":
+        if self.method not in METHODS:
+            raise ValueError(_unknown("method", self.method, METHODS))
+        allowed = METHODS[self.method].parameters
+        for where, keys in (("grid", self.grid), ("params", self.params)):
+            for key in keys:
+                if key not in allowed:
+                    raise ValueError(f"{where}: " + _unknown(f"{self.method} parameter", key, allowed))
+        for key, values in self.grid.items():
+            if not values:
+                raise ValueError(f"grid.{key} is empty; give at least one value")
+        if self.options and self.method != "hi_merging":
+            raise ValueError("`options` is only for method hi_merging; use grid/params")
+        for key in self.options:
+            if key not in hi_merging_option_names():
+                raise ValueError("options: " + _unknown("hi_merging option", key, hi_merging_option_names()))
+        return self
+
+
+class EvalSpec(Strict):
+    tasks: list[str] = Field(min_length=1)
+    backend: Literal["auto", "vllm", "hf"] = "auto"
+    split: Literal["test"] = "test"
+    limit: Optional[int] = Field(None, gt=0)
+    batch_size: int = Field(8, gt=0)
+    tensor_parallel_size: int = Field(1, gt=0)
+    max_model_len: int = Field(2048, gt=0)
+
+
+class ScorerSpec(Strict):
+    """Scores Hi-Merging's candidates and picks baseline grid points. Dev split only."""
+    backend: Literal["auto", "vllm", "hf"] = "auto"
+    mode: Literal["loglikelihood", "generate"] = "loglikelihood"
+    split: str = "dev"
+    limit: Optional[int] = Field(None, gt=0)
+    batch_size: int = Field(32, gt=0)
+
+    @field_validator("split")
+    @classmethod
+    def _never_test(cls, v: str) -> str:
+        if v != "dev":
+            raise ValueError(f"scorer.split must be 'dev' (searches never tune on {v!r}); "
+                             "the test split is for the leaderboard only")
+        return v
+
+
+class ExecutorSpec(Strict):
+    kind: Literal["local", "ray"] = "local"
+    workers: int = Field(1, gt=0)
+    num_gpus: float = Field(0, ge=0)
+    address: Optional[str] = None
+
+
+class Recipe(Strict):
+    name: str
+    description: str = ""
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    base: BaseModelSpec
+    datasets: dict[str, DatasetSpec] = Field(min_length=1)
+    specialists: list[Specialist] = Field(min_length=2)
+    multitask: MultiTask = MultiTask()
+    merges: list[MergeSpec] = Field(min_length=1)
+    eval: EvalSpec
+    scorer: ScorerSpec = ScorerSpec()
+    executor: ExecutorSpec = ExecutorSpec()
+
+    @model_validator(mode="after")
+    def _references(self) -> "Recipe":
+        names = [s.name for s in self.specialists]
+        if len(set(names)) != len(names):
+            raise ValueError(f"specialist names must be unique, got {names}")
+        for s in self.specialists:
+            if s.dataset not in self.datasets:
+                raise ValueError(f"specialist {s.name!r}: " + _unknown("dataset", s.dataset, self.datasets))
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be unique, got {self.seeds}")
+        return self
+
+
+def _unknown(what: str, got: str, known) -> str:
+    known = sorted(known)
+    close = difflib.get_close_matches(got, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"choose one of {', '.join(known)}"
+    return f"unknown {what} {got!r}; {hint}"
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """Walk the schema along an error location to the model that owns its last key."""
+    model: Any = Recipe
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        model = _inner_model(field.annotation)
+    return model
+
+
+def _inner_model(annotation) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found:
+            return found
+    return None
+
+
+def _format_error(source: str, err: dict) -> str:
+    loc = tuple(err["loc"])
+    path = ".".join(str(p) for p in loc) or "<top>"
+    if err["type"] == "extra_forbidden":
+        owner = _model_at(loc)
+        known = list(owner.model_fields) if owner else []
+        return f"{source}: {path}: " + _unknown("key", str(loc[-1]), known)
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{source}: {path}: {msg}"
+
+
+def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
+    if not isinstance(data, dict):
+        raise HarnessError(f"{source}: a recipe must be a YAML mapping at the top level")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        lines = [_format_error(source, e) for e in exc.errors()]
+        raise HarnessError("\n".join(lines)) from None
+
+
+def load_recipe_file(path: Path) -> Recipe:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise HarnessError(f"{path}: cannot read recipe ({exc.strerror}); check the path") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise HarnessError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
+    recipe = parse_recipe(data, str(path))
+    if recipe.name != path.stem:
+        raise HarnessError(f"{path}: name: {recipe.name!r} must equal the file name {path.stem!r}; "
+                           "rename one of them")
+    return recipe
+
+
+def check_recipe_name(name: str) -> str:
+    """Recipe names are file stems under recipes/: no separators, no `..`, no hidden files."""
+    if "/" in name or "\\" in name or ".." in name or not RECIPE_NAME.match(name):
+        raise HarnessError(f"recipe name {name!r} is not allowed: use a plain name such as "
+                           "tiny_en_zh (no path separators or '..')")
+    return name
+
+
+def load_recipe(name: str, recipes_dir: Path) -> Recipe:
+    check_recipe_name(name)
+    path = Path(recipes_dir) / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in Path(recipes_dir).glob("*.yaml"))
+        raise HarnessError(f"{path}: no such recipe; " + _unknown("recipe", name, known))
+    return load_recipe_file(path)

@@ -1,0 +1,95 @@
+import logging
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.plan import STAGES, build_plan
+from harness.recipe import load_recipe
+from harness.stages import BUILDERS, Context, run_stage
+from harness.store import Store
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[1], **kw)
+
+
+def test_validate_all_shipped_recipes(harness_bin, project):
+    proc = run(harness_bin + ["validate", *sorted(str(p) for p in (project / "recipes").glob("*.yaml"))])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("ok: ") == 3
+
+
+def test_validate_misspelled_key_fails_naming_it(harness_bin, project, tmp_path):
+    data = yaml.safe_load((project / "recipes" / "tiny_en_zh.yaml").read_text())
+    data["eval"]["taks"] = data["eval"].pop("tasks")
+    path = tmp_path / "tiny_en_zh.yaml"
+    path.write_text(yaml.safe_dump(data))
+    proc = run(harness_bin + ["validate", str(path)])
+    assert proc.returncode == 1
+    assert "eval.taks: unknown key 'taks'; did you mean 'tasks'?" in proc.stderr
+
+
+def test_dry_run_prints_every_unit_with_its_key(harness_bin, project, runs_dir):
+    proc = run(harness_bin + ["run", "--recipe", "tiny_en_zh", "--dry-run"])
+    assert proc.returncode == 0, proc.stderr
+    recipe = load_recipe("tiny_en_zh", project / "recipes")
+    plan = build_plan(recipe, project / "requirements")
+    units = [u for s in STAGES for u in plan[s]]
+    assert len(units) > 20
+    for unit in units:
+        assert re.search(rf"^{unit.stage}\s+{unit.key}\s+to do\s+{re.escape(unit.name)}$",
+                         proc.stdout, re.M), unit
+    assert f"{len(units)} units, 0 cached, {len(units)} to do" in proc.stdout
+    assert not runs_dir.exists()  # a dry run writes nothing
+
+
+def test_seeds_override_multiplies_seeded_units(harness_bin, runs_dir):
+    one = run(harness_bin + ["specialists", "--recipe", "tiny_en_zh", "--dry-run"]).stdout
+    three = run(harness_bin + ["specialists", "--recipe", "tiny_en_zh", "--dry-run",
+                               "--seeds", "0,1,2"]).stdout
+    assert one.count("specialist en_mcqa") == 1 and three.count("specialist en_mcqa") == 3
+    assert three.count("base (tiny") == 1
+
+
+def test_stage_not_implemented_fails_clearly_and_writes_nothing(harness_bin, runs_dir):
+    proc = run(harness_bin + ["data", "--recipe", "tiny_en_zh"])
+    assert proc.returncode == 3
+    assert "stage 'data' is not implemented yet" in proc.stderr
+    assert "nothing was written" in proc.stderr
+    assert not any(runs_dir.rglob("*.json")) if runs_dir.exists() else True
+
+
+@pytest.mark.parametrize("name", ["../tiny_en_zh", "recipes/tiny_en_zh", "/etc/passwd"])
+def test_recipe_path_names_rejected(harness_bin, name):
+    proc = run(harness_bin + ["run", "--recipe", name, "--dry-run"])
+    assert proc.returncode == 2
+    assert "is not allowed" in proc.stderr
+
+
+def test_cached_units_are_skipped_and_reported(project, tmp_path, caplog):
+    """The runner with a stand-in builder (a unit test of our own skip logic, not a stage)."""
+    recipe = load_recipe("tiny_en_zh", project / "recipes")
+    ctx = Context(recipe, Store(tmp_path, recipe.name),
+                  build_plan(recipe, project / "requirements"), project)
+    built = []
+
+    def builder(ctx, units):
+        for unit in units:
+            with ctx.store.build("data", unit.key, unit.inputs, unit.versions) as tmp:
+                (tmp / "done").write_text(unit.name)
+            built.append(unit.key)
+
+    BUILDERS["data"] = builder
+    try:
+        first = run_stage(ctx, "data")
+        assert [u.key for u in first] == built == [u.key for u in ctx.plan["data"]]
+        with caplog.at_level(logging.INFO, logger="harness"):
+            second = run_stage(ctx, "data")
+        assert second == [] and len(built) == len(ctx.plan["data"])
+        for unit in ctx.plan["data"]:
+            assert f"skipped (cached) {unit.name} [{unit.key}]" in caplog.text
+    finally:
+        del BUILDERS["data"]
