@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import harness.data.stage  # noqa: F401  (registers the data stage's builder)
 from harness.errors import HarnessError
 from harness.plan import STAGES, build_plan, format_plan
 from harness.recipe import Recipe, load_recipe, load_recipe_file, parse_recipe
@@ -33,8 +34,12 @@ def runs_root(project: Path) -> Path:
 def _setup_logging(verbose: bool) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     try:
+        from rich.console import Console
         from rich.logging import RichHandler
-        handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
+        # Logs go to stderr (stdout carries plans and reports); wide lines when not a terminal.
+        console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+        handler: logging.Handler = RichHandler(console=console, show_path=False,
+                                               rich_tracebacks=False)
         fmt = "%(message)s"
     except ImportError:  # pragma: no cover - rich is in the eval env
         handler, fmt = logging.StreamHandler(), "%(levelname)s %(message)s"
@@ -89,6 +94,18 @@ def cmd_stage(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from harness.data.stage import convert_file
+    report = convert_file(args.dataset, args.input, Path(args.outdir), args.overwrite)
+    for split, count in sorted(report["counts"].items()):
+        print(f"{Path(args.outdir) / (split + '.jsonl')}: {count} records")
+    for reason, count in sorted(report["skipped"].items()):
+        print(f"skipped {count} ({reason})")
+    for split, count in sorted(report["duplicates_removed"].items()):
+        print(f"removed {count} duplicate(s) from {split}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -97,6 +114,14 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("paths", nargs="*", help="recipe YAML files (default: recipes/*.yaml)")
     v.add_argument("--recipe", help="a recipe by name")
     v.set_defaults(func=cmd_validate)
+    c = sub.add_parser("convert", help="convert one local release file/folder to the "
+                                       "normalised schema: OUTDIR/<split>.jsonl")
+    c.add_argument("dataset", help="medqa, medmcqa, cmexam, cmb, cmb_clin, healthcaremagic, "
+                                   "chatdoctor, cmedqa2 or medical_zh_sft")
+    c.add_argument("input", help="a release file (or the cMedQA2 folder)")
+    c.add_argument("outdir")
+    c.add_argument("--overwrite", action="store_true", help="replace existing split files")
+    c.set_defaults(func=cmd_convert)
     for name in (*STAGES, "run"):
         help_ = "all stages in order" if name == "run" else f"the {name} stage"
         s = sub.add_parser(name, help=help_)

@@ -87,22 +87,35 @@ class BaseModelSpec(Strict):
 
 
 class DatasetSpec(Strict):
-    """One dataset. `path` is a hub id or a local file/folder in the original release format."""
+    """One dataset. `path` is a hub id (optionally with `config`) or a local file/folder in the
+    original release format. Official splits are kept; missing ones are carved with
+    `split_seed` by the fractions below."""
     source: Literal[DATASET_SOURCES]  # type: ignore[valid-type]
     language: Language
     task_type: TaskType
     path: Optional[str] = None
-    # Synthetic generator sizes; ignored by real sources.
-    train_size: Optional[int] = Field(None, gt=0)
-    dev_size: Optional[int] = Field(None, gt=0)
-    test_size: Optional[int] = Field(None, gt=0)
-    max_train: Optional[int] = Field(None, gt=0)
+    config: Optional[str] = None
     split_seed: int = 0
+    dev_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    max_train: Optional[int] = Field(None, gt=0)
+    # Sizes of the generated splits (synthetic source only).
+    train_size: int = Field(4000, gt=0)
+    dev_size: int = Field(200, gt=0)
+    test_size: int = Field(400, gt=0)
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DatasetSpec":
         if self.source != "synthetic" and not self.path:
             raise ValueError(f"source {self.source!r} needs `path` (hub id or local file)")
+        if self.source == "synthetic" and self.path:
+            raise ValueError("source 'synthetic' is generated here; remove `path`")
+        if self.source != "synthetic":
+            from harness.data.converters import SOURCES
+            known = SOURCES[self.source]
+            if (known.language, known.task_type) != (self.language, self.task_type):
+                raise ValueError(f"source {self.source!r} is {known.language} {known.task_type}; "
+                                 f"set language: {known.language} and task_type: {known.task_type}")
         return self
 
 

@@ -91,8 +91,12 @@ class Store:
 
     @contextmanager
     def build(self, stage: str, key: str, inputs: dict[str, Any],
-              versions: dict[str, str] | None = None) -> Iterator[Path]:
-        """Yield a temp folder to write the artifact into; publish it atomically on success."""
+              versions: dict[str, str] | None = None,
+              details: dict[str, Any] | None = None) -> Iterator[Path]:
+        """Yield a temp folder to write the artifact into; publish it atomically on success.
+
+        `details` may be filled by the caller while it writes (counts, sources, seeds): it is
+        read when the block ends and stored in the manifest."""
         final = self.path(stage, key)
         if self.has(stage, key):
             raise HarnessError(f"{final}: artifact exists already; refusing to overwrite it")
@@ -106,7 +110,7 @@ class Store:
                      for p in sorted(tmp.rglob("*")) if p.is_file()}
             manifest = {
                 "stage": stage, "key": key, "recipe": self.recipe,
-                "inputs": inputs, "versions": versions or {},
+                "inputs": inputs, "versions": versions or {}, "details": details or {},
                 "harness_version": __version__,
                 "started": started, "finished": time.time(),
                 "seconds": round(time.time() - started, 3),

@@ -1,0 +1,1 @@
+"""Data stage: real medical datasets and the bilingual synthetic default, in one schema."""

@@ -1,0 +1,229 @@
+"""Deterministic bilingual synthetic medical data built on knowledge.CONDITIONS.
+
+- a pre-training corpus of plain statements (both languages, both directions: condition ->
+  symptoms and symptoms -> condition), from which the tiny base learns the facts;
+- MedQA-style English MCQA (4 options) and CMExam-style Chinese MCQA (5 options);
+- English and Chinese open QA.
+The exam format is the skill the base lacks and each specialist learns in one language.
+Every condition appears in every split (holding conditions out teaches the shortcut "held-out
+names are never the answer"); dev and test use held-out question phrasings, and fresh
+distractor sets and option orders, so memorising training items is not enough.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+from harness.data import records as R
+from harness.data.knowledge import ATTRIBUTES, CONDITIONS, Condition
+
+N_OPTIONS = {"en": 4, "zh": 5}
+
+
+def join(items: list[str], lang: str) -> str:
+    if lang == "zh":
+        return "、".join(items[:-1]) + "和" + items[-1]
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _symptoms(c: Condition, lang: str, rng: random.Random) -> str:
+    items = list(c.symptoms(lang))
+    rng.shuffle(items)
+    return join(items, lang)
+
+
+# ---------------------------------------------------------------- pre-training corpus
+CORPUS_TEMPLATES = {
+    "en": [
+        "{name} typically presents with {s}.",
+        "Patients with {name} often report {s}.",
+        "{S} suggest {name}.",
+        "A patient with {s} most likely has {name}.",
+        "When someone has {s}, doctors think of {name}.",
+        "{Name} is confirmed by {test}.",
+        "The key test for {name} is {test}.",
+        "{Test} is used to diagnose {name}.",
+        "The first-line treatment for {name} is {treatment}.",
+        "{Name} is treated with {treatment}.",
+        "{Treatment} is given for {name}.",
+        "{Name} is managed in {department}.",
+        "Patients with {name} are seen in {department}.",
+        "In {department}, doctors treat {name}.",
+    ],
+    "zh": [
+        "{name}的典型表现为{s}。",
+        "{name}患者常有{s}。",
+        "出现{s}时，应考虑{name}。",
+        "{s}提示{name}。",
+        "患者有{s}，最可能是{name}。",
+        "{name}的确诊检查是{test}。",
+        "{test}用于诊断{name}。",
+        "{name}的一线治疗是{treatment}。",
+        "{name}常用{treatment}治疗。",
+        "{treatment}用于治疗{name}。",
+        "{name}由{department}诊治。",
+        "{name}患者应到{department}就诊。",
+        "{department}负责诊治{name}。",
+    ],
+}
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _fill(template: str, c: Condition, lang: str, rng: random.Random) -> str:
+    values = {"name": c.name(lang), "s": _symptoms(c, lang, rng),
+              **{k: c.attribute(k, lang) for k in ATTRIBUTES}}
+    values.update({_cap(k): _cap(v) for k, v in values.items()})
+    return template.format(**values)
+
+
+def corpus(statements: int, seed: int) -> list[dict[str, str]]:
+    rng = random.Random(f"corpus-{seed}")
+    out = []
+    for i in range(statements):
+        lang = "en" if i % 2 == 0 else "zh"
+        template = rng.choice(CORPUS_TEMPLATES[lang])
+        out.append({"text": _fill(template, rng.choice(CONDITIONS), lang, rng)})
+    return out
+
+
+# ---------------------------------------------------------------- exam questions
+# (kind, train templates, held-out templates used by dev and test)
+MCQA_TEMPLATES: dict[str, dict[str, tuple[list[str], list[str]]]] = {
+    "en": {
+        "diagnosis": ([
+            "A {age}-year-old {sex} presents with {s}. What is the most likely diagnosis?",
+            "A {age}-year-old {sex} comes to the clinic complaining of {s}. Which condition is most likely?",
+            "A patient reports {s}. Which of the following is the most likely diagnosis?",
+            "Which diagnosis best explains {s} in a {age}-year-old {sex}?",
+        ], [
+            "A {age}-year-old {sex} is brought to the emergency department with {s}. What is the most probable diagnosis?",
+            "Over the past weeks a {age}-year-old {sex} has developed {s}. Which disease does this patient most likely have?",
+        ]),
+        "treatment": ([
+            "What is the first-line treatment for {name}?",
+            "Which of the following is the treatment of choice for {name}?",
+            "A patient is diagnosed with {name}. Which treatment should be started first?",
+        ], ["Which therapy is recommended first for a patient with {name}?"]),
+        "test": ([
+            "Which test confirms {name}?",
+            "Which investigation is used to diagnose {name}?",
+            "A doctor suspects {name}. Which test should be ordered?",
+        ], ["Which examination establishes the diagnosis of {name}?"]),
+        "department": ([
+            "Which department manages {name}?",
+            "A patient with {name} should be referred to which department?",
+        ], ["Which specialty is responsible for treating {name}?"]),
+    },
+    "zh": {
+        "diagnosis": ([
+            "患者，{sex}，{age}岁，出现{s}。最可能的诊断是",
+            "{sex}性患者，{age}岁，主诉{s}。应首先考虑的疾病是",
+            "患者有{s}，最可能的诊断是",
+            "{age}岁{sex}性，近期出现{s}，首先考虑",
+        ], [
+            "患者{age}岁，{sex}，因{s}就诊。该患者最可能患有",
+            "一名{age}岁{sex}性患者近几周出现{s}，应诊断为",
+        ]),
+        "treatment": ([
+            "{name}的一线治疗是",
+            "治疗{name}首选",
+            "患者确诊为{name}，应首先给予",
+        ], ["{name}患者首选的治疗方法是"]),
+        "test": ([
+            "确诊{name}的检查是",
+            "诊断{name}应选择的检查是",
+            "怀疑{name}时应首先进行的检查是",
+        ], ["对{name}最有诊断价值的检查是"]),
+        "department": ([
+            "{name}患者应就诊于",
+            "{name}由哪个科室诊治",
+        ], ["诊治{name}的科室是"]),
+    },
+}
+KIND_WEIGHTS = {"diagnosis": 4, "treatment": 2, "test": 2, "department": 2}
+SEX = {"en": ("man", "woman"), "zh": ("男", "女")}
+
+
+def _answer_value(c: Condition, kind: str, lang: str) -> str:
+    return c.name(lang) if kind == "diagnosis" else c.attribute(kind, lang)
+
+
+def _question(lang: str, split: str, rng: random.Random, index: int) -> dict[str, Any]:
+    kinds = list(KIND_WEIGHTS)
+    kind = rng.choices(kinds, weights=[KIND_WEIGHTS[k] for k in kinds])[0]
+    train, heldout = MCQA_TEMPLATES[lang][kind]
+    template = rng.choice(train if split == "train" else heldout)
+    c = rng.choice(CONDITIONS)
+    correct = _answer_value(c, kind, lang)
+    pool = sorted({_answer_value(o, kind, lang) for o in CONDITIONS} - {correct})
+    values = rng.sample(pool, N_OPTIONS[lang] - 1) + [correct]
+    rng.shuffle(values)
+    options = {R.LETTERS[i]: v for i, v in enumerate(values)}
+    answer = R.LETTERS[values.index(correct)]
+    question = template.format(age=rng.randint(18, 80), sex=rng.choice(SEX[lang]),
+                               s=_symptoms(c, lang, rng), name=c.name(lang))
+    return R.mcqa(f"synth-mcqa-{lang}-{split}-{index:05d}", question, options, answer, lang,
+                  "synthetic", f"synthetic {lang} mcqa {split}")
+
+
+QA_TEMPLATES = {
+    "en": {
+        "questions": ([
+            "I have {s}. What might be wrong with me?",
+            "Doctor, I've been having {s}. What could this be?",
+        ], [
+            "For a few days I have noticed {s}. What condition could cause this?",
+            "My symptoms are {s}. Which illness do I probably have?",
+            "What disease usually causes {s}?",
+        ]),
+        "answer": "These symptoms suggest {name}. It is confirmed by {test}, and the first-line "
+                  "treatment is {treatment}; you should be seen in {department}.",
+    },
+    "zh": {
+        "questions": ([
+            "我最近出现{s}，是什么病？",
+            "医生，我有{s}，可能是什么问题？",
+        ], [
+            "这几天我发现自己{s}，请问可能是什么疾病？",
+            "我的症状是{s}，我可能得了什么病？",
+            "{s}通常是什么疾病引起的？",
+        ]),
+        "answer": "这些症状提示{name}。确诊需要{test}，一线治疗是{treatment}，建议到{department}就诊。",
+    },
+}
+
+
+def _qa(lang: str, split: str, rng: random.Random, index: int) -> dict[str, Any]:
+    train, heldout = QA_TEMPLATES[lang]["questions"]
+    c = rng.choice(CONDITIONS)
+    question = _fill(rng.choice(train if split == "train" else heldout), c, lang, rng)
+    answer = _fill(QA_TEMPLATES[lang]["answer"], c, lang, rng)
+    return R.qa(f"synth-qa-{lang}-{split}-{index:05d}", question, answer, lang, "synthetic",
+                f"synthetic {lang} qa {split}")
+
+
+def dataset(language: str, task_type: str, sizes: dict[str, int],
+            seed: int) -> dict[str, list[dict[str, Any]]]:
+    """Splits of the requested sizes, test first: no item appears in two splits."""
+    make: Callable = _question if task_type == "mcqa" else _qa
+    seen: set[str] = set()
+    out: dict[str, list[dict]] = {}
+    for split in ("test", "dev", "train"):
+        rng = random.Random(f"{task_type}-{language}-{split}-{seed}")
+        items: list[dict] = []
+        attempts = 0
+        while len(items) < sizes[split]:
+            attempts += 1
+            if attempts > 50 * sizes[split] + 1000:
+                raise RuntimeError(f"synthetic {language} {task_type} {split}: cannot find "
+                                   f"{sizes[split]} distinct items; lower the size")
+            record = make(language, split, rng, len(items))
+            key = R.dedup_key(record)
+            if key not in seen:
+                seen.add(key)
+                items.append(record)
+        out[split] = items
+    return {s: out[s] for s in ("train", "dev", "test")}
