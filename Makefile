@@ -65,8 +65,10 @@ install-harness: $(EVAL_STAMP)
 test: setup
 	$(EVAL_ENV)/bin/python -m pytest -q tests
 
+## bench: speed figures measured in one run (ratios and medians, not timed tests)
 bench: setup
-	@echo "no benchmarks yet: they arrive with the merge stage (issue #6) and Hi-Merging (#7)"; exit 2
+	VLLM_LOGGING_LEVEL=WARNING $(EVAL_ENV)/bin/python bench/eval_throughput.py hf
+	VLLM_LOGGING_LEVEL=WARNING $(EVAL_ENV)/bin/python bench/eval_throughput.py vllm
 
 ## lock: re-resolve requirements/*.in into the lock files (needs the package index)
 lock: lock-train lock-eval

@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-import harness.data.stage  # noqa: F401  (registers the data stage's builder)
 from harness.errors import HarnessError
 from harness.plan import STAGES, build_plan, format_plan
 from harness.recipe import Recipe, load_recipe, load_recipe_file, parse_recipe

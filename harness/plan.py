@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.errors import HarnessError
+from harness.evaluation.tasks import data_key, resolve_backend, task_data, tasks_hash
 from harness.models import base_reference
 from harness.recipe import MergeSpec, Recipe
 from harness.store import Store, content_key
@@ -55,6 +57,11 @@ def grid_points(spec: MergeSpec) -> list[dict[str, Any]]:
 
 def _point_label(point: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(point.items())) or "defaults"
+
+
+def _model_ref(stage: str, base: dict[str, Any]) -> dict[str, Any] | None:
+    """How to load a model that is not in the run store (a hub id or a local base folder)."""
+    return base if stage == "external" else None
 
 
 def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
@@ -125,12 +132,21 @@ def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
                 plan["merge"].append(unit)
                 models.append((unit.name, "merge", unit.key))
 
-    eval_section = recipe.eval.model_dump()
-    eval_data = tuple(sorted(data_keys.values()))
+    tasks_dir = requirements.parent / "tasks"
+    served = {data_key(d.source, d.language, d.task_type): data_keys[n]
+              for n, d in sorted(recipe.datasets.items())}
+    needed = sorted({d for t in recipe.eval.tasks for d in task_data(tasks_dir, t)})
+    missing = [d for d in needed if d not in served]
+    if missing:
+        raise HarnessError(f"eval.tasks: no dataset in the recipe provides {', '.join(missing)}; "
+                           "add one under datasets (source/language/task_type) or drop the task")
+    eval_inputs = {"eval": recipe.eval.model_dump(), "tasks_hash": tasks_hash(tasks_dir),
+                   "backend": resolve_backend(recipe.eval.backend),
+                   "data": {d: served[d] for d in needed}}
     for label, stage, key in models:
         unit = _unit("eval", f"eval {label}",
-                     {"model": {"stage": stage, "key": key}, "eval": eval_section,
-                      "data": eval_data}, requirements, (key,))
+                     {"model": {"stage": stage, "key": key, "ref": _model_ref(stage, base)},
+                      **eval_inputs}, requirements, (key,))
         plan["eval"].append(unit)
 
     eval_keys = tuple(u.key for u in plan["eval"])

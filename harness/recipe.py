@@ -188,13 +188,19 @@ class MergeSpec(Strict):
 
 
 class EvalSpec(Strict):
+    """lm-eval on the TEST split of every model the recipe produces, zero-shot (the paper's
+    setting; the tasks define no few-shot split)."""
     tasks: list[str] = Field(min_length=1)
     backend: Literal["auto", "vllm", "hf"] = "auto"
     split: Literal["test"] = "test"
     limit: Optional[int] = Field(None, gt=0)
+    # The specialists are trained through the chat template, so they are scored through it.
+    apply_chat_template: bool = True
+    max_gen_toks: Optional[int] = Field(None, gt=0)
     batch_size: int = Field(8, gt=0)
     tensor_parallel_size: int = Field(1, gt=0)
     max_model_len: int = Field(2048, gt=0)
+    seed: int = 1234
 
 
 class ScorerSpec(Strict):

@@ -5,6 +5,7 @@ A stage without a builder fails with a clear message and writes nothing.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,9 @@ class Builder(Protocol):
 
 
 BUILDERS: dict[str, Callable[[Context, list[Unit]], None]] = {}
+# The module that registers each implemented stage's builder (imported on first use, so the
+# CLI starts fast and a stage's heavy imports are paid only when it runs).
+BUILDER_MODULES = {"data": "harness.data.stage", "eval": "harness.evaluation.stage"}
 
 
 def register(stage: str):
@@ -58,6 +62,8 @@ def run_stage(ctx: Context, stage: str) -> list[Unit]:
     if not todo:
         log.info("%s: all %d unit(s) cached, nothing to do", stage, len(units))
         return []
+    if stage not in BUILDERS and stage in BUILDER_MODULES:
+        importlib.import_module(BUILDER_MODULES[stage])
     builder = BUILDERS.get(stage)
     if builder is None:
         raise StageNotImplemented(

@@ -181,9 +181,10 @@ def test_cmedqa2_release_folder(tmp_path):
 
 
 # ------------------------------------------------------------------ the data stage
-def _recipe(project, datasets: dict, tasks=("synth_mcqa_en",)):
+def _recipe(project, datasets: dict):
     data = yaml.safe_load((project / "recipes" / "tiny_en_zh.yaml").read_text())
     data["datasets"] = datasets
+    data["eval"]["tasks"] = sorted({d["source"] for d in datasets.values()})  # task = source
     names = list(datasets)
     for sp, name in zip(data["specialists"], names + names):
         sp["dataset"], sp["language"] = name, datasets[name]["language"]

@@ -1,0 +1,172 @@
+"""The eval stage: every model of a recipe on its lm-eval tasks, one process per backend.
+
+Import and task set-up are paid once. On the vLLM backend one engine is started and every
+further model of the same architecture is swapped into it in place. lm-eval's request cache is
+never used: it is not keyed by model, so a shared cache would hand one model's answers to another.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from harness.errors import HarnessError
+from harness.models import check_weights_folder
+from harness.plan import Unit
+from harness.stages import Context, register
+
+log = logging.getLogger("harness")
+
+
+def model_location(ctx: Context, unit: Unit) -> str:
+    """A model folder in the run store, or the base's hub id / local folder."""
+    model = unit.inputs["model"]
+    if model["stage"] == "external":
+        ref = model["ref"]
+        return ref["path"] if ref["kind"] == "local" else ref["id"]
+    if not ctx.store.has(model["stage"], model["key"]):
+        raise HarnessError(f"eval: {unit.name}: model {model['stage']}/{model['key']} is not "
+                           f"built; run `harness {model['stage']} --recipe {ctx.recipe.name}` first")
+    folder = ctx.store.path(model["stage"], model["key"]) / "model"
+    check_weights_folder(folder)
+    return str(folder)
+
+
+def serve_data(ctx: Context, data: dict[str, str], root: Path) -> Path:
+    """HARNESS_DATA_DIR for the tasks: one link per data key to its data-stage folder."""
+    for name, key in data.items():
+        if not ctx.store.has("data", key):
+            raise HarnessError(f"eval: data {name} [{key}] is missing; run `harness data "
+                               f"--recipe {ctx.recipe.name}` first")
+        (root / name).symlink_to(ctx.store.path("data", key), target_is_directory=True)
+    return root
+
+
+class Backend:
+    """Hands out an lm-eval LM per model; subclasses keep what can be reused between models."""
+
+    def __init__(self, ctx: Context):
+        self.spec = ctx.recipe.eval
+        self.base = ctx.recipe.base
+
+    def lm_for(self, location: str):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class HFBackend(Backend):
+    name = "hf"
+
+    def lm_for(self, location: str):
+        import torch
+        from lm_eval.models.huggingface import HFLM
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        dtype = getattr(torch, self.base.dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=dtype, use_safetensors=True,
+            trust_remote_code=self.base.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            location, trust_remote_code=self.base.trust_remote_code)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return HFLM(pretrained=model.to(device), tokenizer=tokenizer, device=device,
+                    batch_size=self.spec.batch_size, max_length=self.spec.max_model_len)
+
+
+class VLLMBackend(Backend):
+    name = "vllm"
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self.lm = None
+        self.engine_starts = 0
+        self.swaps = 0
+
+    def lm_for(self, location: str):
+        from harness.evaluation.vllm_lm import SwappableVLLM
+
+        if self.lm is not None and Path(location).is_dir() and self.lm.can_swap(location):
+            self.lm.swap(location)
+            self.swaps += 1
+            return self.lm
+        if self.lm is not None:
+            log.info("eval: %s has another architecture; starting a new engine", location)
+            self.lm.model.llm_engine.engine_core.shutdown()
+        self.lm = SwappableVLLM(
+            pretrained=location, dtype=self.base.dtype, batch_size=self.spec.batch_size,
+            max_model_len=self.spec.max_model_len, seed=self.spec.seed,
+            tensor_parallel_size=self.spec.tensor_parallel_size,
+            trust_remote_code=self.base.trust_remote_code)
+        self.engine_starts += 1
+        return self.lm
+
+
+BACKENDS = {"hf": HFBackend, "vllm": VLLMBackend}
+
+
+def evaluate(lm, ctx: Context, task_manager) -> dict[str, Any]:
+    from lm_eval import simple_evaluate
+
+    spec = ctx.recipe.eval
+    gen_kwargs = {"max_gen_toks": spec.max_gen_toks} if spec.max_gen_toks else None
+    return simple_evaluate(
+        model=lm, tasks=list(spec.tasks), task_manager=task_manager, limit=spec.limit,
+        num_fewshot=0, apply_chat_template=spec.apply_chat_template,
+        gen_kwargs=gen_kwargs, log_samples=True, use_cache=None, bootstrap_iters=1000,
+        random_seed=spec.seed, numpy_random_seed=spec.seed, torch_random_seed=spec.seed,
+        fewshot_random_seed=spec.seed, verbosity="WARNING")
+
+
+def write_results(folder: Path, out: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    samples = out.pop("samples", {}) or {}
+    with open(folder / "samples.jsonl", "w", encoding="utf-8") as fh:
+        for task, rows in sorted(samples.items()):
+            for row in rows:
+                fh.write(json.dumps({"task": task, "doc_id": row.get("doc_id"),
+                                     "target": row.get("target"),
+                                     "filtered_resps": row.get("filtered_resps"),
+                                     **{k: row[k] for k in ("acc", "rougeL_char", "rougeL_word")
+                                        if k in row}},
+                                    ensure_ascii=False, default=str) + "\n")
+    result = {"harness": meta, "results": out.get("results", {}), "groups": out.get("groups", {}),
+              "n-samples": out.get("n-samples", {}), "versions": out.get("versions", {}),
+              "higher_is_better": out.get("higher_is_better", {}),
+              "lm_eval_config": {k: v for k, v in (out.get("config") or {}).items()
+                                 if k not in ("model_args",)}}
+    (folder / "results.json").write_text(json.dumps(result, indent=2, ensure_ascii=False,
+                                                    default=str), encoding="utf-8")
+    return result
+
+
+@register("eval")
+def build(ctx: Context, units: list[Unit]) -> None:
+    from lm_eval.tasks import TaskManager
+
+    backend_name = units[0].inputs["backend"]
+    backend = BACKENDS[backend_name](ctx)
+    spec = ctx.recipe.eval
+    with tempfile.TemporaryDirectory(prefix="harness-data-") as tmp:
+        os.environ["HARNESS_DATA_DIR"] = str(serve_data(ctx, units[0].inputs["data"], Path(tmp)))
+        task_manager = TaskManager(include_path=str(ctx.project / "tasks"), include_defaults=False)
+        for unit in tqdm(units, desc=f"eval ({backend_name})", unit="model"):
+            location = model_location(ctx, unit)
+            lm = backend.lm_for(location)
+            out = evaluate(lm, ctx, task_manager)
+            meta = {"model": unit.inputs["model"], "model_location": location,
+                    "unit": unit.name, "backend": backend_name, "tasks": list(spec.tasks),
+                    "split": spec.split, "limit": spec.limit, "num_fewshot": 0,
+                    "apply_chat_template": spec.apply_chat_template, "seed": spec.seed,
+                    "versions": unit.versions, "request_cache": None}
+            details: dict[str, Any] = {}
+            with ctx.store.build("eval", unit.key, unit.inputs, unit.versions, details) as folder:
+                result = write_results(folder, out, meta)
+                details["results"] = {t: {k: v for k, v in m.items() if isinstance(v, (int, float))}
+                                      for t, m in result["results"].items()}
+            log.info("eval: %s [%s] %s", unit.name, unit.key, details["results"])
+    if isinstance(backend, VLLMBackend):
+        log.info("eval: vLLM engine starts %d, in-place swaps %d", backend.engine_starts,
+                 backend.swaps)
