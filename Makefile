@@ -15,6 +15,8 @@ export HARNESS_EVAL_VARIANT := $(EVAL_VARIANT)
 
 TRAIN_ENV := $(HARNESS_ENV_DIR)/train
 EVAL_ENV := $(HARNESS_ENV_DIR)/eval
+# The CLI runs in the eval env and starts LLaMA-Factory from the train env.
+export HARNESS_TRAIN_ENV := $(abspath $(TRAIN_ENV))
 TRAIN_LOCK := requirements/train.lock
 EVAL_LOCK := requirements/eval-$(EVAL_VARIANT).lock
 # An env's stamp is named by the hash of its lock and build scripts: change one, get a rebuild.

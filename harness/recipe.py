@@ -225,6 +225,11 @@ class ExecutorSpec(Strict):
     workers: int = Field(1, gt=0)
     num_gpus: float = Field(0, ge=0)
     address: Optional[str] = None
+    # Multi-GPU training through LLaMA-Factory's torchrun launch (NPROC_PER_NODE / NNODES;
+    # MASTER_ADDR / MASTER_PORT come from the environment). DeepSpeed: a `deepspeed:` config
+    # path in a specialist's `llamafactory` overrides.
+    nproc_per_node: int = Field(1, gt=0)
+    nnodes: int = Field(1, gt=0)
 
 
 class Recipe(Strict):

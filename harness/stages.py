@@ -38,7 +38,8 @@ class Builder(Protocol):
 BUILDERS: dict[str, Callable[[Context, list[Unit]], None]] = {}
 # The module that registers each implemented stage's builder (imported on first use, so the
 # CLI starts fast and a stage's heavy imports are paid only when it runs).
-BUILDER_MODULES = {"data": "harness.data.stage", "eval": "harness.evaluation.stage"}
+BUILDER_MODULES = {"data": "harness.data.stage", "specialists": "harness.train.stage",
+                   "eval": "harness.evaluation.stage"}
 
 
 def register(stage: str):

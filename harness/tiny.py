@@ -43,12 +43,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     return fast
 
 
-def init_model(spec: TinyBase, tokenizer, seed: int):
-    """A randomly initialised Qwen2 model of the recipe's shape (pre-training comes after)."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+def model_config(spec: TinyBase, tokenizer):
+    """The Qwen2 config of the recipe's tiny shape, sized to the tokenizer."""
+    from transformers import Qwen2Config
 
-    config = Qwen2Config(
+    return Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_layers,
         num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_kv_heads,
@@ -56,8 +55,15 @@ def init_model(spec: TinyBase, tokenizer, seed: int):
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None, torch_dtype="float32",
     )
+
+
+def init_model(spec: TinyBase, tokenizer, seed: int):
+    """A randomly initialised Qwen2 model of the recipe's shape (pre-training comes after)."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
     torch.manual_seed(seed)
-    return Qwen2ForCausalLM(config)
+    return Qwen2ForCausalLM(model_config(spec, tokenizer))
 
 
 def save(model, tokenizer, folder: Path) -> Path:

@@ -1,0 +1,231 @@
+"""The specialists stage: the tiny base (pre-trained here), each specialist, the multi-task
+fine-tune; every model a Hugging Face folder (safetensors) plus the LLaMA-Factory YAMLs that
+reproduce it with plain `llamafactory-cli`."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from harness import tiny
+from harness.data.records import read_jsonl
+from harness.errors import HarnessError
+from harness.plan import Unit
+from harness.recipe import Finetuning, Recipe
+from harness.stages import Context, register
+from harness.train import llamafactory as lf
+
+log = logging.getLogger("harness")
+# What a published model folder holds: weights (safetensors only), config, tokenizer.
+MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt",
+               "added_tokens.json", "tokenizer.model")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def publish_model(src: Path, dst: Path, tokenizer_from: Path | None = None) -> Path:
+    dst.mkdir(parents=True)
+    weights = sorted(src.glob("*.safetensors")) + sorted(src.glob("*.safetensors.index.json"))
+    if not any(p.suffix == ".safetensors" for p in weights):
+        raise HarnessError(f"{src}: LLaMA-Factory wrote no safetensors weights")
+    for path in weights:
+        shutil.copy2(path, dst / path.name)
+    for name in MODEL_FILES:
+        source = (tokenizer_from or src) / name if name not in ("config.json",
+                                                                 "generation_config.json") else src / name
+        if source.exists():
+            shutil.copy2(source, dst / name)
+    return dst
+
+
+def weights_differ(model: Path, base: Path) -> bool:
+    """Stream tensors pairwise until one differs (cheap at 7B: usually the first layer)."""
+    import torch
+    from safetensors import safe_open
+
+    def index(folder: Path) -> dict[str, Path]:
+        return {name: f for f in sorted(folder.glob("*.safetensors"))
+                for name in safe_open(str(f), "pt").keys()}
+
+    mine, theirs = index(model), index(base)
+    for name in sorted(mine):
+        if name not in theirs:
+            return True
+        with safe_open(str(mine[name]), "pt") as a, safe_open(str(theirs[name]), "pt") as b:
+            if not torch.equal(a.get_tensor(name), b.get_tensor(name)):
+                return True
+    return False
+
+
+def base_location(ctx: Context, base: dict[str, Any]) -> str:
+    if base["kind"] == "tiny":
+        return str(ctx.store.path("specialists", base["key"]) / "model")
+    return base["path"] if base["kind"] == "local" else base["id"]
+
+
+def _final(ctx: Context, unit: Unit) -> Path:
+    return ctx.store.path("specialists", unit.key)
+
+
+def _reproducible(config: dict[str, Any], tmp: Path, final: Path, **fresh: str) -> dict[str, Any]:
+    """The YAML a researcher re-runs: artifact paths as published, fresh output folders."""
+    return {**json.loads(json.dumps(config).replace(str(tmp), str(final))), **fresh}
+
+
+def build_tiny_base(ctx: Context, unit: Unit) -> None:
+    spec = ctx.recipe.base.tiny
+    corpus_dir = ctx.store.path("data", unit.inputs["corpus"]) / "llamafactory"
+    details: dict[str, Any] = {}
+    with ctx.store.build("specialists", unit.key, unit.inputs, unit.versions, details) as tmp:
+        texts = [r["text"] for r in read_jsonl(corpus_dir / "corpus.jsonl")]
+        tokenizer = tiny.train_tokenizer(texts, spec.vocab_size)
+        init = tmp / "init"  # config + tokenizer, no weights: LLaMA-Factory initialises them
+        tiny.model_config(spec, tokenizer).save_pretrained(init)
+        tokenizer.save_pretrained(init)
+        config = lf.pretrain_config(str(init), corpus_dir, str(tmp / "lf_output"),
+                                    spec.pretrain_steps, spec.pretrain_lr,
+                                    spec.pretrain_batch_size, spec.cutoff_len, seed=0)
+        _train(ctx, unit, tmp, config, "pretrain", details)
+        # LLaMA-Factory's `default` template would be written into the saved tokenizer; the
+        # model keeps ours (the `qwen` template the specialists are trained and scored with).
+        publish_model(tmp / "lf_output", tmp / "model", tokenizer_from=init)
+        shutil.rmtree(tmp / "lf_output")
+        details["parameters"] = _parameters(tmp / "model")
+
+
+def _train(ctx: Context, unit: Unit, tmp: Path, config: dict[str, Any], name: str,
+           details: dict[str, Any]) -> None:
+    """Run one LLaMA-Factory training; keep its reproducible YAML, log and losses."""
+    final = _final(ctx, unit)
+    saves = f"saves/{ctx.recipe.name}/{unit.key}"
+    lf.write_yaml(tmp / "llamafactory" / f"{name}.yaml",
+                  _reproducible(config, tmp, final, output_dir=saves))
+    with tempfile.TemporaryDirectory() as run_dir:
+        run_yaml = lf.write_yaml(Path(run_dir) / f"{name}.yaml", config)
+        lf.run("train", run_yaml, tmp / "llamafactory" / f"{name}.log", offline=_offline(ctx),
+               env=_launch_env(ctx))
+    losses = lf.train_losses(Path(config["output_dir"]))
+    details[name] = {"losses": losses[:1] + losses[-1:], "logged_steps": len(losses)}
+
+
+def build_finetune(ctx: Context, unit: Unit, ft: Finetuning, dataset: str, dataset_dir: Path,
+                   overrides: dict[str, Any]) -> None:
+    recipe: Recipe = ctx.recipe
+    base = base_location(ctx, unit.inputs["base"])
+    details: dict[str, Any] = {"base": base, "dataset": dataset}
+    with ctx.store.build("specialists", unit.key, unit.inputs, unit.versions, details) as tmp:
+        if dataset_dir is None:  # multi-task: one dataset_info naming every specialist's file
+            dataset_dir = _mixed_dataset_dir(ctx, tmp / "mixed_data")
+        output = tmp / ("adapter" if ft.type == "lora" else "lf_output")
+        config = lf.sft_config(base, dataset, dataset_dir, recipe.base.template, ft, str(output),
+                               unit.inputs["seed"], recipe.base.trust_remote_code, overrides)
+        _train(ctx, unit, tmp, config, "train", details)
+        if ft.type == "lora":
+            export = lf.export_config(base, str(output), recipe.base.template, str(tmp / "exported"),
+                                      recipe.base.trust_remote_code)
+            saves = f"saves/{recipe.name}/{unit.key}"  # where train.yaml puts the adapter
+            lf.write_yaml(tmp / "llamafactory" / "export.yaml",
+                          _reproducible(export, tmp, _final(ctx, unit), adapter_name_or_path=saves,
+                                        export_dir=f"{saves}-merged"))
+            with tempfile.TemporaryDirectory() as run_dir:
+                lf.run("export", lf.write_yaml(Path(run_dir) / "export.yaml", export),
+                       tmp / "llamafactory" / "export.log", offline=_offline(ctx))
+            publish_model(tmp / "exported", tmp / "model")
+            shutil.rmtree(tmp / "exported")
+            for pickled in output.glob("*.bin"):  # training_args.bin: a pickle, never loaded
+                pickled.unlink()
+        else:
+            publish_model(output, tmp / "model")
+            shutil.rmtree(output)
+        if Path(base).is_dir() and not weights_differ(tmp / "model", Path(base)):
+            raise HarnessError(f"specialists: {unit.name}: the exported weights equal the base "
+                               f"({base}); LLaMA-Factory exported the unmerged base or trained "
+                               "nothing. Check learning_rate/max_steps and the export log.")
+        details["parameters"] = _parameters(tmp / "model")
+
+
+def _mixed_dataset_dir(ctx: Context, folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    info = {}
+    for sp in ctx.recipe.specialists:
+        data = ctx.store.path("data", _data_key(ctx, sp.dataset)) / "llamafactory"
+        entry = json.loads((data / "dataset_info.json").read_text())[f"{sp.dataset}_train"]
+        info[f"{sp.dataset}_train"] = {**entry, "file_name": str(data / entry["file_name"])}
+    (folder / "dataset_info.json").write_text(json.dumps(info, indent=2))
+    return folder
+
+
+def _data_key(ctx: Context, dataset: str) -> str:
+    return next(u.key for u in ctx.plan["data"] if u.inputs.get("name") == dataset)
+
+
+def _parameters(model: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for f in model.glob("*.safetensors"):
+        with safe_open(str(f), "pt") as fh:
+            for name in fh.keys():
+                n = 1
+                for d in fh.get_slice(name).get_shape():
+                    n *= d
+                total += n
+    return total
+
+
+def _offline(ctx: Context) -> bool:
+    return ctx.recipe.base.kind != "hub"
+
+
+def _launch_env(ctx: Context) -> dict[str, str]:
+    """torchrun through LLaMA-Factory's CLI when the recipe asks for several GPUs or nodes."""
+    ex = ctx.recipe.executor
+    if ex.nproc_per_node == 1 and ex.nnodes == 1:
+        return {}
+    return {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(ex.nproc_per_node),
+            "NNODES": str(ex.nnodes)}
+
+
+def preflight(ctx: Context, units: list[Unit]) -> None:
+    """Every check that needs no training, before any training starts."""
+    recipe = ctx.recipe
+    if recipe.base.template not in lf.known_templates():
+        raise HarnessError(f"recipe {recipe.name}: base.template {recipe.base.template!r} is not "
+                           "a LLaMA-Factory template; use e.g. qwen (Qwen2) or llama3 (Llama-3)")
+    if recipe.base.kind == "local":
+        folder = Path(recipe.base.model).expanduser()
+        if not any((folder / f).exists() for f in TOKENIZER_FILES):
+            raise HarnessError(f"recipe {recipe.name}: base.model {folder} has no tokenizer "
+                               f"({' / '.join(TOKENIZER_FILES)}); save the tokenizer beside the weights")
+    for sp in recipe.specialists:
+        info_path = ctx.store.path("data", _data_key(ctx, sp.dataset)) / "llamafactory" / "dataset_info.json"
+        if not info_path.exists():
+            raise HarnessError(f"specialists: {sp.name}: dataset {sp.dataset} has no LLaMA-Factory "
+                               f"files ({info_path}); run `harness data --recipe {recipe.name}` first")
+        if f"{sp.dataset}_train" not in json.loads(info_path.read_text()):
+            raise HarnessError(f"specialists: {sp.name}: {info_path} has no dataset "
+                               f"{sp.dataset}_train; re-run the data stage")
+
+
+@register("specialists")
+def build(ctx: Context, units: list[Unit]) -> None:
+    preflight(ctx, units)
+    specialists = {sp.name: sp for sp in ctx.recipe.specialists}
+    ordered = sorted(units, key=lambda u: not u.name.startswith("base"))  # the base first
+    for unit in tqdm(ordered, desc="specialists", unit="model"):
+        if "corpus" in unit.inputs:
+            build_tiny_base(ctx, unit)
+        elif "specialist" in unit.inputs:
+            sp = specialists[unit.inputs["specialist"]["name"]]
+            data_dir = ctx.store.path("data", unit.inputs["data"]) / "llamafactory"
+            build_finetune(ctx, unit, sp.finetuning, f"{sp.dataset}_train", data_dir, sp.llamafactory)
+        else:
+            mt = ctx.recipe.multitask
+            names = ",".join(f"{sp.dataset}_train" for sp in ctx.recipe.specialists)
+            build_finetune(ctx, unit, mt.finetuning, names, None, mt.llamafactory)
+        log.info("specialists: built %s [%s]", unit.name, unit.key)
