@@ -26,6 +26,15 @@ class Method:
     mergekit_method: Optional[str]
     parameters: dict[str, Param] = field(default_factory=dict)
     doc: str = ""
+    uses_base: bool = True  # task-vector methods merge deltas from the base; linear does not
+
+    def split(self, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A grid point's values, defaults filled in, as (per-model, global) parameters."""
+        per_model, shared = {}, {}
+        for name, param in self.parameters.items():
+            value = values.get(name, param.default)
+            (per_model if param.scope == "model" else shared)[name] = value
+        return per_model, shared
 
 
 _WEIGHT = Param(1.0, "model", 0.0, None, "scale of each model's task vector")
@@ -36,7 +45,7 @@ _RESCALE = Param(True, "global", doc="rescale kept entries by 1/density (DARE)")
 
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("linear", "linear", {"weight": _WEIGHT, "normalize": Param(True, "global")},
-           "weighted average of the models"),
+           "weighted average of the models", uses_base=False),
     Method("task_arithmetic", "task_arithmetic",
            {"weight": _WEIGHT, "lambda": _LAMBDA, "normalize": _NORMALIZE},
            "base + sum of weighted task vectors"),

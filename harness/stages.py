@@ -39,7 +39,7 @@ BUILDERS: dict[str, Callable[[Context, list[Unit]], None]] = {}
 # The module that registers each implemented stage's builder (imported on first use, so the
 # CLI starts fast and a stage's heavy imports are paid only when it runs).
 BUILDER_MODULES = {"data": "harness.data.stage", "specialists": "harness.train.stage",
-                   "eval": "harness.evaluation.stage"}
+                   "merge": "harness.merge.stage", "eval": "harness.evaluation.stage"}
 
 
 def register(stage: str):

@@ -9,7 +9,7 @@ import yaml
 from harness.errors import StageNotImplemented
 from harness.plan import STAGES, build_plan
 from harness.recipe import load_recipe
-from harness.stages import BUILDERS, Context, run_stage
+from harness.stages import BUILDER_MODULES, BUILDERS, Context, run_stage
 from harness.store import Store
 
 
@@ -60,6 +60,7 @@ def test_stage_not_implemented_fails_clearly_and_writes_nothing(project, tmp_pat
     ctx = Context(recipe, Store(tmp_path, recipe.name),
                   build_plan(recipe, project / "requirements"), project)
     monkeypatch.delitem(BUILDERS, "merge", raising=False)
+    monkeypatch.delitem(BUILDER_MODULES, "merge", raising=False)
     with pytest.raises(StageNotImplemented, match=r"stage 'merge' is not implemented yet "
                        r"\(tracked in issue #6\); \d+ unit\(s\) to do, nothing was written"):
         run_stage(ctx, "merge")

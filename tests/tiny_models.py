@@ -27,3 +27,22 @@ def plant(store: Store, stage: str, key: str, seed: int) -> Path:
     with store.build(stage, key, {"planted_by": "tests", "seed": seed}) as tmp:
         make_model(tmp / "model", seed)
     return store.path(stage, key) / "model"
+
+
+def plant_family(store: Store, base_key: str, specialist_keys: list[str],
+                 noise: float = 0.01) -> None:
+    """A base and specialists 'fine-tuned' from it (base + small noise), as the specialists
+    stage would publish them: what the merge stage needs."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    base = plant(store, "specialists", base_key, seed=0)
+    for i, key in enumerate(specialist_keys):
+        with store.build("specialists", key, {"planted_by": "tests", "from": base_key}) as tmp:
+            model = shutil.copytree(base, tmp / "model")
+            tensors = load_file(str(model / "model.safetensors"))
+            g = torch.Generator().manual_seed(100 + i)
+            tensors = {k: v + noise * torch.randn(v.shape, generator=g) for k, v in tensors.items()}
+            save_file(tensors, str(model / "model.safetensors"), metadata={"format": "pt"})

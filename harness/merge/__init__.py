@@ -1,0 +1,1 @@
+"""Merge stage: mergekit baselines with grids, and the in-memory merge engine."""

@@ -1,0 +1,107 @@
+"""The merge stage: every baseline method and grid point, produced by mergekit.
+
+Each merged model ships `mergekit.yaml`, the exact config that reproduces it with
+`mergekit-yaml mergekit.yaml OUT --random-seed SEED` (absolute paths; the manifest maps each
+path to its content key), and its dev-split scores, from which the leaderboard publishes each
+method's best grid point. The test split is never looked at here.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm import tqdm
+
+from harness.errors import StageNotImplemented
+from harness.merge import preflight
+from harness.merge.config import mergekit_config, validate
+from harness.plan import Unit
+from harness.stages import Context, register
+from harness.train.stage import base_location
+
+log = logging.getLogger("harness")
+
+
+def _dev_sets(ctx: Context) -> dict[str, tuple[Path, str]]:
+    """Each specialist's dev split: the tasks the merge must keep."""
+    out = {}
+    for sp in ctx.recipe.specialists:
+        key = next(u.key for u in ctx.plan["data"] if u.inputs.get("name") == sp.dataset)
+        out[sp.dataset] = (ctx.store.path("data", key) / "dev.jsonl", sp.task_type)
+    return out
+
+
+def model_paths(ctx: Context, unit: Unit) -> dict[str, Path]:
+    """The specialists a merge unit combines, by content key -> published folder."""
+    return {key: ctx.store.path("specialists", key) / "model" for key in unit.inputs["models"]}
+
+
+def build_baseline(ctx: Context, unit: Unit, scorer) -> None:
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    from harness.scoring.hf import load_model
+
+    base = base_location(ctx, unit.inputs["base"])
+    models = model_paths(ctx, unit)
+    config = mergekit_config(unit.inputs["method"], unit.inputs["params"], base,
+                             [str(p) for p in models.values()], ctx.recipe.base.dtype)
+    seed = unit.inputs["seed"]
+    details: dict[str, Any] = {
+        "method": unit.inputs["method"], "params": unit.inputs["params"], "random_seed": seed,
+        "reproduce": f"mergekit-yaml mergekit.yaml OUT --random-seed {seed}",
+        "model_keys": {str(p): k for k, p in models.items()}, "base": unit.inputs["base"]}
+    with ctx.store.build("merge", unit.key, unit.inputs, unit.versions, details) as tmp:
+        (tmp / "mergekit.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        run_merge(validate(config), str(tmp / "model"),
+                  MergeOptions(random_seed=seed, quiet=True, copy_tokenizer=True,
+                               trust_remote_code=ctx.recipe.base.trust_remote_code))
+        model = load_model(tmp / "model", ctx.recipe.base.dtype)
+        details["dev_scores"] = {name: scorer.score(model, path, kind)
+                                 for name, (path, kind) in _dev_sets(ctx).items()}
+    log.info("merge: %s [%s] dev %s", unit.name, unit.key, details["dev_scores"])
+
+
+@register("merge")
+def build(ctx: Context, units: list[Unit]) -> None:
+    from harness.scoring.hf import HFScorer
+
+    baselines = [u for u in units if u.inputs["method"] != "hi_merging"]
+    by_models: dict[tuple, list[Unit]] = defaultdict(list)
+    for unit in baselines:
+        by_models[tuple(unit.inputs["models"])].append(unit)
+    for group in by_models.values():  # every check before any tensor work
+        base = base_location(ctx, group[0].inputs["base"])
+        if Path(base).is_dir():
+            preflight.check_compatible(Path(base), model_paths(ctx, group[0]))
+        first = next(iter(model_paths(ctx, group[0]).values()))
+        preflight.check_disk(ctx.store.stage_dir("merge"), first, len(group))
+    if baselines:
+        first = next(iter(model_paths(ctx, baselines[0]).values()))
+        scorer = HFScorer(first, batch_size=ctx.recipe.scorer.batch_size,
+                          apply_chat_template=ctx.recipe.eval.apply_chat_template,
+                          limit=ctx.recipe.scorer.limit)
+        for unit in tqdm(baselines, desc="merge", unit="model"):
+            build_baseline(ctx, unit, scorer)
+    rest = len(units) - len(baselines)
+    if rest:
+        raise StageNotImplemented(
+            f"merge: the {len(baselines)} baseline merge(s) are built; hi_merging is not "
+            f"implemented yet (tracked in issue #7): {rest} unit(s) to do, nothing written for them")
+
+
+def best_grid_points(ctx: Context) -> dict[tuple[str, int], Unit]:
+    """Per (method, seed), the grid point with the best mean dev score: the one published."""
+    best: dict[tuple[str, int], tuple[float, Unit]] = {}
+    for unit in ctx.plan["merge"]:
+        if unit.inputs["method"] == "hi_merging" or not ctx.store.has("merge", unit.key):
+            continue
+        scores = ctx.store.manifest("merge", unit.key)["details"]["dev_scores"]
+        mean = sum(scores.values()) / len(scores)
+        slot = (unit.inputs["method"], unit.inputs["seed"])
+        if slot not in best or mean > best[slot][0]:
+            best[slot] = (mean, unit)
+    return {slot: unit for slot, (_, unit) in best.items()}

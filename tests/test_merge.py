@@ -1,0 +1,155 @@
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from harness.errors import HarnessError, StageNotImplemented
+from harness.merge.config import mergekit_config, validate
+from harness.merge.memory import InMemoryMerger, layer_of, load_folder
+from harness.merge.stage import best_grid_points
+from harness.merge_methods import METHODS
+from harness.plan import build_plan, grid_points
+from harness.recipe import parse_recipe
+from harness.stages import Context, run_stage
+from harness.store import Store
+
+from conftest import PROJECT
+from tiny_models import make_model, plant_family
+
+MERGEKIT_YAML = Path(sys.executable).parent / "mergekit-yaml"
+VALUES = {"linear": {"weight": 0.5}, "task_arithmetic": {"weight": 0.7},
+          "ties": {"density": 0.5, "weight": 1.0}, "dare_ties": {"density": 0.5},
+          "dare_linear": {"density": 0.6}, "breadcrumbs": {"density": 0.7, "gamma": 0.01},
+          "della": {"density": 0.5, "epsilon": 0.1}}
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory):
+    """The tiny recipe with every baseline method, on a planted base + two specialists."""
+    tmp = tmp_path_factory.mktemp("merge")
+    data = yaml.safe_load((PROJECT / "recipes" / "tiny_en_zh.yaml").read_text())
+    data["scorer"]["limit"] = 20
+    recipe = parse_recipe(data)
+    ctx = Context(recipe, Store(tmp / "runs", recipe.name),
+                  build_plan(recipe, PROJECT / "requirements"), PROJECT)
+    run_stage(ctx, "data")
+    base, *specialists = ctx.plan["specialists"]
+    plant_family(ctx.store, base.key, [u.key for u in specialists])
+    with pytest.raises(StageNotImplemented, match="hi_merging is not implemented yet"):
+        run_stage(ctx, "merge")
+    return ctx
+
+
+def _models(ctx):
+    base, *specialists = ctx.plan["specialists"]
+    return (ctx.store.path("specialists", base.key) / "model",
+            {u.key: ctx.store.path("specialists", u.key) / "model" for u in specialists})
+
+
+def test_every_baseline_is_built_with_its_mergekit_yaml(merged):
+    ctx = merged
+    baselines = [u for u in ctx.plan["merge"] if u.inputs["method"] != "hi_merging"]
+    assert len(baselines) == sum(len(grid_points(m)) for m in ctx.recipe.merges
+                                 if m.method != "hi_merging")
+    base, models = _models(ctx)
+    for unit in baselines:
+        folder = ctx.store.path("merge", unit.key)
+        assert ctx.store.has("merge", unit.key)
+        config = yaml.safe_load((folder / "mergekit.yaml").read_text())
+        validate(config)
+        assert config["merge_method"] == METHODS[unit.inputs["method"]].mergekit_method
+        assert [m["model"] for m in config["models"]] == [str(p) for p in models.values()]
+        details = ctx.store.manifest("merge", unit.key)["details"]
+        assert details["random_seed"] == 0 and set(details["model_keys"].values()) == set(models)
+        assert set(details["dev_scores"]) == {"synth_mcqa_en", "synth_mcqa_zh"}
+        if METHODS[unit.inputs["method"]].uses_base:
+            assert config["base_model"] == str(base) and config["parameters"]["normalize"] is False
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "della"])
+def test_mergekit_yaml_reproduces_the_model(merged, method, tmp_path):
+    ctx = merged
+    unit = next(u for u in ctx.plan["merge"] if u.inputs["method"] == method)
+    folder = ctx.store.path("merge", unit.key)
+    proc = subprocess.run([str(MERGEKIT_YAML), str(folder / "mergekit.yaml"), str(tmp_path / "out"),
+                           "--random-seed", str(unit.inputs["seed"])], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ours, again = load_folder(folder / "model", torch.float32), load_folder(tmp_path / "out", torch.float32)
+    assert ours.keys() == again.keys()
+    assert all(torch.equal(ours[k], again[k]) for k in ours)
+
+
+@pytest.mark.parametrize("method", sorted(VALUES))
+def test_in_memory_equals_mergekit(merged, method, tmp_path):
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    base, models = _models(merged)
+    config = mergekit_config(method, VALUES[method], str(base), [str(p) for p in models.values()],
+                             "float32")
+    run_merge(validate(config), str(tmp_path / "out"), MergeOptions(random_seed=3, quiet=True))
+    written = load_folder(tmp_path / "out", torch.float32)
+    memory = InMemoryMerger(base, models).merge(method, VALUES[method], seed=3)
+    assert written.keys() == memory.keys()
+    for name in written:  # bit-exact: the same mergekit code on the same inputs and RNG draws
+        assert torch.equal(written[name], memory[name]), name
+    delta = sum((memory[n] - load_folder(base, torch.float32)[n]).abs().sum() for n in memory)
+    assert delta > 0  # the merge really moved the weights
+
+
+def test_one_layer_candidate_equals_that_layer_of_the_full_merge(merged):
+    base, models = _models(merged)
+    engine = InMemoryMerger(base, models)
+    full = engine.merge("ties", VALUES["ties"])
+    layer = engine.layer_tensors(1)
+    part = engine.merge("ties", VALUES["ties"], tensors=layer)
+    assert set(part) == set(layer) and all(layer_of(n) == 1 for n in part)
+    assert all(torch.equal(part[n], full[n]) for n in part)
+    assert layer_of("model.embed_tokens.weight") is None and layer_of("lm_head.weight") is None
+
+
+def test_best_grid_point_is_chosen_on_dev(merged):
+    ctx = merged
+    best = best_grid_points(ctx)
+    assert set(best) == {(m.method, 0) for m in ctx.recipe.merges if m.method != "hi_merging"}
+    for (method, _), unit in best.items():
+        mean = lambda u: sum(ctx.store.manifest("merge", u.key)["details"]["dev_scores"].values())
+        rivals = [u for u in ctx.plan["merge"] if u.inputs["method"] == method]
+        assert mean(unit) == max(mean(u) for u in rivals)
+
+
+def test_different_vocabulary_fails_preflight(merged, tmp_path):
+    ctx = merged
+    root = tmp_path / "runs"
+    shutil.copytree(ctx.store.root, root, ignore=shutil.ignore_patterns("merge"))
+    other = Context(ctx.recipe, Store(root, ctx.recipe.name), ctx.plan, PROJECT)
+    victim = other.store.path("specialists", ctx.plan["specialists"][2].key) / "model"
+    config = json.loads((victim / "config.json").read_text())
+    shutil.rmtree(victim)
+    from harness import tiny
+    from harness.recipe import TinyBase
+    from tiny_models import tokenizer
+    model = tiny.init_model(TinyBase(), tokenizer(), seed=5)
+    model.resize_token_embeddings(config["vocab_size"] + 64)
+    tiny.save(model, tokenizer(), victim)
+    with pytest.raises(HarnessError, match=r"merge pre-flight: .* has vocab_size=3064 but the base "
+                                           r"has 3000"):
+        run_stage(other, "merge")
+    assert not (root / ctx.recipe.name / "merge").exists() or not any(
+        (root / ctx.recipe.name / "merge").iterdir())
+
+
+def test_config_validation_is_strict():
+    good = mergekit_config("ties", {"density": 0.5}, "/b", ["/m1", "/m2"], "float32")
+    validate(good)
+    with pytest.raises(HarnessError, match="ties has no parameter 'densty'"):
+        validate({**good, "parameters": {"densty": 0.5}})
+    with pytest.raises(HarnessError, match="unknown key"):
+        validate({**good, "merge_methd": "ties"})
+    with pytest.raises(HarnessError, match="must be absolute"):
+        validate({**good, "models": [{"model": "rel/path", "parameters": {}}]})
