@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from harness.errors import HarnessError, StageNotImplemented
+from harness.errors import HarnessError
 from harness.merge.config import mergekit_config, validate
 from harness.merge.memory import InMemoryMerger, layer_of, load_folder
 from harness.merge.stage import best_grid_points
@@ -34,14 +34,14 @@ def merged(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("merge")
     data = yaml.safe_load((PROJECT / "recipes" / "tiny_en_zh.yaml").read_text())
     data["scorer"]["limit"] = 20
+    data["merges"][-1]["options"] = {"prune_grid": [0.3, 0.7, 1.0], "scale_grid": [0.5, 1.0]}
     recipe = parse_recipe(data)
     ctx = Context(recipe, Store(tmp / "runs", recipe.name),
                   build_plan(recipe, PROJECT / "requirements"), PROJECT)
     run_stage(ctx, "data")
     base, *specialists = ctx.plan["specialists"]
     plant_family(ctx.store, base.key, [u.key for u in specialists])
-    with pytest.raises(StageNotImplemented, match="hi_merging is not implemented yet"):
-        run_stage(ctx, "merge")
+    run_stage(ctx, "merge")
     return ctx
 
 
@@ -54,6 +54,7 @@ def _models(ctx):
 def test_every_baseline_is_built_with_its_mergekit_yaml(merged):
     ctx = merged
     baselines = [u for u in ctx.plan["merge"] if u.inputs["method"] != "hi_merging"]
+    assert all(ctx.store.has("merge", u.key) for u in ctx.plan["merge"])
     assert len(baselines) == sum(len(grid_points(m)) for m in ctx.recipe.merges
                                  if m.method != "hi_merging")
     base, models = _models(ctx)
@@ -153,3 +154,22 @@ def test_config_validation_is_strict():
         validate({**good, "merge_methd": "ties"})
     with pytest.raises(HarnessError, match="must be absolute"):
         validate({**good, "models": [{"model": "rel/path", "parameters": {}}]})
+
+
+def test_hi_merging_artifact(merged):
+    ctx = merged
+    unit = next(u for u in ctx.plan["merge"] if u.inputs["method"] == "hi_merging")
+    folder = ctx.store.path("merge", unit.key)
+    details = ctx.store.manifest("merge", unit.key)["details"]
+    assert details["mergekit_equals_in_memory"] is True
+    for name in ("mergekit.yaml", "contributions.json", "contributions.csv", "decisions.jsonl",
+                 "heatmap.png", "plan.json", "model/model.safetensors"):
+        assert (folder / name).exists(), name
+    config = yaml.safe_load((folder / "mergekit.yaml").read_text())
+    filters = [w.get("filter") for w in config["models"][0]["parameters"]["weight"]]
+    assert filters == ["layers.0.", "layers.1.", "layers.2.", "layers.3.", None]
+    assert config["merge_method"] == "ties" and config["parameters"]["normalize"] is False
+    table = json.loads((folder / "contributions.json").read_text())["before"]
+    assert set(table["Gamma"]) == {"0", "1", "2", "3"}
+    assert details["candidates_scored"] > 0
+    assert not list(folder.parent.glob(f".cache-{unit.key}"))  # the resume cache is cleared

@@ -8,6 +8,7 @@ method's best grid point. The test split is never looked at here.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import yaml
 from tqdm import tqdm
 
 from harness.errors import StageNotImplemented
+from harness.merge_methods import HI_MERGING_OPTIONS
 from harness.merge import preflight
 from harness.merge.config import mergekit_config, validate
 from harness.plan import Unit
@@ -65,6 +67,71 @@ def build_baseline(ctx: Context, unit: Unit, scorer) -> None:
     log.info("merge: %s [%s] dev %s", unit.name, unit.key, details["dev_scores"])
 
 
+def build_hi_merging(ctx: Context, unit: Unit) -> None:
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    from harness.data.records import read_jsonl
+    from harness.merge import report
+    from harness.merge.hi_merging import Candidates, HiMerging, Options, ScoreCache, mergekit_yaml
+    from harness.merge.memory import InMemoryMerger, load_folder
+    from harness.scoring.hf import HFScorer, ResidentHFModel
+
+    import torch
+
+    from harness.evaluation.tasks import resolve_backend
+
+    scorer_spec = ctx.recipe.scorer
+    if resolve_backend(scorer_spec.backend) == "vllm":
+        raise StageNotImplemented("merge: hi_merging with the vLLM scorer is not implemented yet "
+                                  "(tracked in issue #7); set scorer.backend: hf")
+    base = base_location(ctx, unit.inputs["base"])
+    names = {sp.name: sp for sp in ctx.recipe.specialists}
+    keys = dict(zip(names, unit.inputs["models"]))
+    models = {n: ctx.store.path("specialists", k) / "model" for n, k in keys.items()}
+    dtype = getattr(torch, ctx.recipe.base.dtype)
+    engine = InMemoryMerger(Path(base), models, dtype)
+    dev = _dev_sets(ctx)
+    scorer = HFScorer(base, batch_size=scorer_spec.batch_size,
+                      apply_chat_template=ctx.recipe.eval.apply_chat_template, limit=scorer_spec.limit)
+    records = {n: scorer.records(path) for n, (path, _) in dev.items()}
+    kinds = {n: kind for n, (_, kind) in dev.items()}
+    resident = ResidentHFModel(base, ctx.recipe.base.dtype)
+
+    def score(tensors, task):
+        resident.load(tensors)
+        fn = scorer.mcqa_accuracy if kinds[task] == "mcqa" else scorer.qa_loglik
+        return fn(resident.model, records[task])
+
+    # Scores outlive a killed run here, so a re-run resumes the search where it stopped.
+    cache_dir = ctx.store.stage_dir("merge") / f".cache-{unit.key}"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    options = Options(**{**HI_MERGING_OPTIONS, **unit.inputs["options"]})
+    method = HiMerging(Candidates(engine), score, {n: sp.dataset for n, sp in names.items()},
+                       options, ScoreCache(cache_dir / "scores.jsonl"))
+    result = method.run()
+    config = mergekit_yaml(result["final"], base, {n: str(p) for n, p in models.items()},
+                           ctx.recipe.base.dtype)
+    details: dict[str, Any] = {
+        "method": "hi_merging", "options": options.__dict__, "random_seed": unit.inputs["seed"],
+        "reproduce": "mergekit-yaml mergekit.yaml OUT",
+        "model_keys": {str(p): keys[n] for n, p in models.items()},
+        "model_wise": result["model_wise"], "dev_scores": result["dev_final"],
+        "candidates_scored": method.cache.misses, "cache_hits": method.cache.hits,
+        "tensors_copied": resident.copied}
+    with ctx.store.build("merge", unit.key, unit.inputs, unit.versions, details) as tmp:
+        (tmp / "mergekit.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        run_merge(validate(config), str(tmp / "model"),
+                  MergeOptions(random_seed=unit.inputs["seed"], quiet=True, copy_tokenizer=True))
+        memory = Candidates(engine).build(result["final"])
+        written = load_folder(tmp / "model", dtype)
+        details["mergekit_equals_in_memory"] = written.keys() == memory.keys() and all(
+            torch.equal(written[n], memory[n]) for n in memory)
+        report.write(tmp, result, method.models)
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    log.info("merge: %s [%s] dev %s", unit.name, unit.key, details["dev_scores"])
+
+
 @register("merge")
 def build(ctx: Context, units: list[Unit]) -> None:
     from harness.scoring.hf import HFScorer
@@ -86,11 +153,8 @@ def build(ctx: Context, units: list[Unit]) -> None:
                           limit=ctx.recipe.scorer.limit)
         for unit in tqdm(baselines, desc="merge", unit="model"):
             build_baseline(ctx, unit, scorer)
-    rest = len(units) - len(baselines)
-    if rest:
-        raise StageNotImplemented(
-            f"merge: the {len(baselines)} baseline merge(s) are built; hi_merging is not "
-            f"implemented yet (tracked in issue #7): {rest} unit(s) to do, nothing written for them")
+    for unit in [u for u in units if u.inputs["method"] == "hi_merging"]:
+        build_hi_merging(ctx, unit)
 
 
 def best_grid_points(ctx: Context) -> dict[tuple[str, int], Unit]:

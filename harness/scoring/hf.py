@@ -90,3 +90,23 @@ def load_model(folder: str | Path, dtype: str = "float32"):
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype),
                                                  use_safetensors=True)
     return model.eval()
+
+
+class ResidentHFModel:
+    """One loaded model whose parameters are overwritten in place per candidate: only the
+    tensors that differ from what it holds now are copied (a one-layer candidate moves one
+    layer). The CPU counterpart of the vLLM engine's in-place swap."""
+
+    def __init__(self, folder: str | Path, dtype: str = "float32"):
+        self.model = load_model(folder, dtype)
+        self.params = dict(self.model.state_dict())
+        self.holding: dict[str, int] = {}  # name -> id() of the tensor last copied in
+        self.copied = 0
+
+    def load(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                if self.holding.get(name) != id(tensor):
+                    self.params[name].copy_(tensor)
+                    self.holding[name] = id(tensor)
+                    self.copied += 1

@@ -1,0 +1,271 @@
+"""Hierarchical Iterative Merging (Fu et al., ACL 2025), as ../shared/docs/HI_MERGING.md lays out.
+
+Every candidate is a TIES merge (sign election by sum, disjoint mean, normalize off) of the
+specialists' magnitude-pruned, scaled task vectors, described per group (each layer, plus the
+non-layer tensors) by which models take part with which (density p, scale s). A model that
+does not take part in a group has weight 0 there, which in mergekit's TIES is the same as
+leaving it out; the final model is therefore exactly one mergekit config with `filter:
+"layers.N."` entries.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from harness.merge.memory import InMemoryMerger
+
+log = logging.getLogger("harness")
+REST = "rest"  # embeddings, final norm, lm_head: merged with the model-wise settings
+Group = Any    # int layer index or REST
+Part = tuple[float, float]  # (density p, scale s)
+Spec = dict[Group, dict[str, Part]]
+
+
+@dataclass
+class Options:
+    prune_grid: list[float]
+    scale_grid: list[float]
+    search: str = "coarse_to_fine"
+    halving_factor: float = 0.5
+    greedy_acceptance: bool = True
+    recompute_every: int = 4
+    epsilon: float = 0.0
+    max_iterations: Optional[int] = None
+    non_layer_tensors: str = "model_wise"
+
+
+def spec_key(spec: Spec) -> str:
+    canon = sorted((str(g), sorted((m, round(p, 6), round(s, 6)) for m, (p, s) in parts.items()))
+                   for g, parts in spec.items())
+    return hashlib.sha256(json.dumps(canon).encode()).hexdigest()[:20]
+
+
+class Candidates:
+    """Builds a candidate's tensors from its spec; groups already built are reused."""
+
+    def __init__(self, engine: InMemoryMerger):
+        self.engine = engine
+        self.groups: dict[Group, list[str]] = {l: engine.layer_tensors(l) for l in engine.layers}
+        self.groups[REST] = [n for n in engine.names
+                             if not any(n in names for names in self.groups.values())]
+        self._built: dict[tuple, dict[str, torch.Tensor]] = {}
+
+    def group(self, group: Group, parts: dict[str, Part]) -> dict[str, torch.Tensor]:
+        key = (group, tuple(sorted(parts.items())))
+        if key not in self._built:
+            names = self.groups[group]
+            if not parts:
+                out = {n: self.engine.base[n] for n in names}
+            else:
+                per_model = {m: {"density": p, "weight": s} for m, (p, s) in parts.items()}
+                out = self.engine.merge("ties", {"weight": 0.0, "density": 1.0,
+                                                 "normalize": False, "lambda": 1.0},
+                                        tensors=names, per_model=per_model)
+            if len(self._built) > 512:  # bounded: a search touches few distinct groups at once
+                self._built.pop(next(iter(self._built)))
+            self._built[key] = out
+        return self._built[key]
+
+    def build(self, spec: Spec) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for group in self.groups:
+            out.update(self.group(group, spec.get(group, {})))
+        return out
+
+
+class ScoreCache:
+    """Scores by (candidate spec hash, task): never scored twice, kept on disk for resume."""
+
+    def __init__(self, path: Optional[Path]):
+        self.path = path
+        self.scores: dict[str, float] = {}
+        if path and path.exists():
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                self.scores[row["key"]] = row["score"]
+        self.hits = self.misses = 0
+
+    def get(self, key: str) -> Optional[float]:
+        value = self.scores.get(key)
+        if value is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return value
+
+    def put(self, key: str, score: float) -> None:
+        self.scores[key] = score
+        if self.path:
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps({"key": key, "score": score}) + "\n")
+
+
+@dataclass
+class HiMerging:
+    candidates: Candidates
+    score_tensors: Callable[[dict[str, torch.Tensor], str], float]  # (tensors, task) -> S
+    tasks: dict[str, str]  # model name -> its task (dev split) name
+    options: Options
+    cache: ScoreCache = field(default_factory=lambda: ScoreCache(None))
+    decisions: list[dict] = field(default_factory=list)
+
+    # ------------------------------------------------------------- scoring
+    def S(self, spec: Spec, model: str) -> float:
+        task = self.tasks[model]
+        key = f"{spec_key(spec)}:{task}"
+        value = self.cache.get(key)
+        if value is None:
+            value = float(self.score_tensors(self.candidates.build(spec), task))
+            self.cache.put(key, value)
+        return value
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.tasks)
+
+    @property
+    def groups(self) -> list[Group]:
+        return list(self.candidates.groups)
+
+    @property
+    def layers(self) -> list[int]:
+        return [g for g in self.groups if g != REST]
+
+    def single(self, model: str, part: Part, only: Optional[list[Group]] = None) -> Spec:
+        return {g: {model: part} for g in (only if only is not None else self.groups)}
+
+    # ------------------------------------------------------------- step 1
+    def model_wise(self, model: str) -> Part:
+        """Best (p, s) for one model on its own dev task; coarse grid, then the neighbours."""
+        P, Sg = sorted(self.options.prune_grid), sorted(self.options.scale_grid)
+
+        def value(i: int, j: int) -> float:
+            return self.S(self.single(model, (P[i], Sg[j])), model)
+
+        if self.options.search == "grid":
+            points = [(i, j) for i in range(len(P)) for j in range(len(Sg))]
+        else:
+            points = [(i, j) for i in range(0, len(P), 2) for j in range(0, len(Sg), 2)]
+            points += [(len(P) - 1, len(Sg) - 1)]
+        best = max(points, key=lambda ij: (value(*ij), ij))
+        if self.options.search == "coarse_to_fine":
+            while True:
+                around = [(best[0] + di, best[1] + dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)
+                          if 0 <= best[0] + di < len(P) and 0 <= best[1] + dj < len(Sg)]
+                top = max(around, key=lambda ij: (value(*ij), ij))
+                if top == best:
+                    break
+                best = top
+        return P[best[0]], Sg[best[1]]
+
+    # ------------------------------------------------------------- step 3
+    def contributions(self, parts: dict[str, Part], merged: Spec,
+                      specialist: Optional[dict] = None) -> dict[str, Any]:
+        """α, β, c in both contexts, γ per (layer, model) and Γ per layer."""
+        base: Spec = {}
+        table: dict[str, Any] = {"specialist": specialist or {}, "merged": {}, "gamma": {},
+                                 "Gamma": {}}
+        if specialist is None:
+            for m in self.models:
+                full = self.single(m, parts[m])
+                s_full, s_base = self.S(full, m), self.S(base, m)
+                for l in self.layers:
+                    without = {g: v for g, v in full.items() if g != l}
+                    alpha = s_full - self.S(without, m)
+                    beta = self.S(self.single(m, parts[m], [l]), m) - s_base
+                    table["specialist"][f"{l}:{m}"] = {"alpha": alpha, "beta": beta,
+                                                       "c": alpha + beta}
+        for l in self.layers:
+            only_l = {l: merged[l]}
+            for m in self.models:
+                without_m = {**merged, l: {k: v for k, v in merged[l].items() if k != m}}
+                alpha = self.S(merged, m) - self.S(without_m, m)
+                beta = self.S(only_l, m) - self.S(base, m)
+                table["merged"][f"{l}:{m}"] = {"alpha": alpha, "beta": beta, "c": alpha + beta}
+                table["gamma"][f"{l}:{m}"] = (table["specialist"][f"{l}:{m}"]["c"]
+                                              - (alpha + beta))
+            table["Gamma"][str(l)] = sum(table["gamma"][f"{l}:{m}"] for m in self.models)
+        return table
+
+    # ------------------------------------------------------------- step 4
+    def resolve(self, parts: dict[str, Part], merged: Spec, table: dict[str, Any]) -> Spec:
+        opts = self.options
+        limit = opts.max_iterations if opts.max_iterations is not None else max(1, len(self.layers) // 2)
+        done: set[int] = set()
+        resolved = 0
+        while resolved < limit:
+            order = sorted((l for l in self.layers if l not in done),
+                           key=lambda l: (-table["Gamma"][str(l)], l))
+            if not order or table["Gamma"][str(order[0])] <= opts.epsilon:
+                break
+            l = order[0]
+            done.add(l)
+            gammas = {m: table["gamma"][f"{l}:{m}"] for m in self.models}
+            proposal = dict(merged)
+            if all(g > 0 for g in gammas.values()):
+                case = "severe"
+                keep = max(self.models, key=lambda m: table["specialist"][f"{l}:{m}"]["c"])
+                proposal[l] = {keep: merged[l][keep]} if keep in merged[l] else {}
+                action = f"keep only {keep}"
+            elif any(g > 0 for g in gammas.values()):
+                case = "partial"
+                h = opts.halving_factor
+                proposal[l] = {m: ((p * h, s * h) if gammas[m] > 0 else (p, s))
+                               for m, (p, s) in merged[l].items()}
+                action = "re-prune and re-scale " + ", ".join(m for m in self.models if gammas[m] > 0)
+            else:
+                case, action = "mutual", "unchanged"
+            before = {m: self.S(merged, m) for m in self.models}
+            after = {m: self.S(proposal, m) for m in self.models} if case != "mutual" else before
+            accepted = case != "mutual" and (not opts.greedy_acceptance
+                                            or sum(after.values()) >= sum(before.values()))
+            self.decisions.append({"layer": l, "Gamma": table["Gamma"][str(l)], "gamma": gammas,
+                                   "case": case, "action": action, "accepted": accepted,
+                                   "dev_before": before, "dev_after": after})
+            log.info("hi_merging: layer %s %s (%s): %s", l, case, action,
+                     "accepted" if accepted else "kept as was")
+            if accepted:
+                merged = proposal
+                resolved += 1
+                if resolved % opts.recompute_every == 0:
+                    table = self.contributions(parts, merged, table["specialist"])
+            elif case == "mutual":
+                continue
+        return merged
+
+    # ------------------------------------------------------------- the whole method
+    def run(self) -> dict[str, Any]:
+        parts = {m: self.model_wise(m) for m in self.models}
+        merged: Spec = {g: dict(parts) for g in self.groups}  # step 2: the initial TIES merge
+        table = self.contributions(parts, merged)
+        final = self.resolve(parts, merged, table)
+        final_table = self.contributions(parts, final, table["specialist"])
+        return {"model_wise": parts, "initial": merged, "final": final, "contributions": table,
+                "contributions_after": final_table, "decisions": self.decisions,
+                "dev_final": {m: self.S(final, m) for m in self.models}}
+
+
+def mergekit_yaml(spec: Spec, base: str, models: dict[str, str], dtype: str) -> dict[str, Any]:
+    """The final model as one mergekit TIES config with explicit per-layer filter entries."""
+    entries = []
+    for name, path in models.items():
+        weight, density = [], []
+        for group, parts in spec.items():
+            if group == REST:
+                continue
+            p, s = parts.get(name, (1.0, 0.0))
+            weight.append({"filter": f"layers.{group}.", "value": s})
+            density.append({"filter": f"layers.{group}.", "value": p})
+        p, s = spec[REST].get(name, (1.0, 0.0))
+        weight.append({"value": s})   # everything else: embeddings, final norm, lm_head
+        density.append({"value": p})
+        entries.append({"model": path, "parameters": {"weight": weight, "density": density}})
+    return {"merge_method": "ties", "base_model": base, "models": entries,
+            "parameters": {"normalize": False, "lambda": 1.0}, "dtype": dtype,
+            "tokenizer_source": "base"}
