@@ -40,6 +40,10 @@ def swap_weights(llm, model_dir: str | Path) -> None:
     if not paths:
         raise FileNotFoundError(f"{model_dir}: no *.safetensors weights to swap in")
     llm.collective_rpc(_reload_from_files, args=(paths,))
+    # Cached KV blocks were computed with the old weights: a prompt prefix seen before the swap
+    # would otherwise be served stale (prompt_logprobs requests skip the cache; generation
+    # does not).
+    llm.reset_prefix_cache()
 
 
 def cpu_engine_kwargs() -> dict:

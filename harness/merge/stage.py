@@ -16,7 +16,6 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from harness.errors import StageNotImplemented
 from harness.merge_methods import HI_MERGING_OPTIONS
 from harness.merge import preflight
 from harness.merge.config import mergekit_config, validate
@@ -75,33 +74,26 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
     from harness.merge import report
     from harness.merge.hi_merging import Candidates, HiMerging, Options, ScoreCache, mergekit_yaml
     from harness.merge.memory import InMemoryMerger, load_folder
-    from harness.scoring.hf import HFScorer, ResidentHFModel
+    from harness.scoring.candidates import CandidateScorer
 
     import torch
 
     from harness.evaluation.tasks import resolve_backend
 
     scorer_spec = ctx.recipe.scorer
-    if resolve_backend(scorer_spec.backend) == "vllm":
-        raise StageNotImplemented("merge: hi_merging with the vLLM scorer is not implemented yet "
-                                  "(tracked in issue #7); set scorer.backend: hf")
     base = base_location(ctx, unit.inputs["base"])
     names = {sp.name: sp for sp in ctx.recipe.specialists}
     keys = dict(zip(names, unit.inputs["models"]))
     models = {n: ctx.store.path("specialists", k) / "model" for n, k in keys.items()}
     dtype = getattr(torch, ctx.recipe.base.dtype)
     engine = InMemoryMerger(Path(base), models, dtype)
-    dev = _dev_sets(ctx)
-    scorer = HFScorer(base, batch_size=scorer_spec.batch_size,
-                      apply_chat_template=ctx.recipe.eval.apply_chat_template, limit=scorer_spec.limit)
-    records = {n: scorer.records(path) for n, (path, _) in dev.items()}
-    kinds = {n: kind for n, (_, kind) in dev.items()}
-    resident = ResidentHFModel(base, ctx.recipe.base.dtype)
-
-    def score(tensors, task):
-        resident.load(tensors)
-        fn = scorer.mcqa_accuracy if kinds[task] == "mcqa" else scorer.qa_loglik
-        return fn(resident.model, records[task])
+    dev = {n: (read_jsonl(path)[: scorer_spec.limit] if scorer_spec.limit else read_jsonl(path), kind)
+           for n, (path, kind) in _dev_sets(ctx).items()}
+    scorer = CandidateScorer(resolve_backend(scorer_spec.backend), base, dev,
+                             ctx.recipe.base.dtype, ctx.recipe.eval.apply_chat_template,
+                             scorer_spec.batch_size, ctx.recipe.eval.max_model_len,
+                             ctx.recipe.eval.tensor_parallel_size)
+    score = scorer.score
 
     # Scores outlive a killed run here, so a re-run resumes the search where it stopped.
     cache_dir = ctx.store.stage_dir("merge") / f".cache-{unit.key}"
@@ -109,7 +101,10 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
     options = Options(**{**HI_MERGING_OPTIONS, **unit.inputs["options"]})
     method = HiMerging(Candidates(engine), score, {n: sp.dataset for n, sp in names.items()},
                        options, ScoreCache(cache_dir / "scores.jsonl"))
-    result = method.run()
+    try:
+        result = method.run()
+    finally:
+        scorer.close()
     config = mergekit_yaml(result["final"], base, {n: str(p) for n, p in models.items()},
                            ctx.recipe.base.dtype)
     details: dict[str, Any] = {
@@ -118,7 +113,7 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
         "model_keys": {str(p): keys[n] for n, p in models.items()},
         "model_wise": result["model_wise"], "dev_scores": result["dev_final"],
         "candidates_scored": method.cache.misses, "cache_hits": method.cache.hits,
-        "tensors_copied": resident.copied}
+        "scorer": scorer.stats()}
     with ctx.store.build("merge", unit.key, unit.inputs, unit.versions, details) as tmp:
         (tmp / "mergekit.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         run_merge(validate(config), str(tmp / "model"),

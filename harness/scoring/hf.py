@@ -100,13 +100,14 @@ class ResidentHFModel:
     def __init__(self, folder: str | Path, dtype: str = "float32"):
         self.model = load_model(folder, dtype)
         self.params = dict(self.model.state_dict())
-        self.holding: dict[str, int] = {}  # name -> id() of the tensor last copied in
+        # name -> the tensor object last copied in (kept referenced, so identity is reliable)
+        self.holding: dict[str, torch.Tensor] = {}
         self.copied = 0
 
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for name, tensor in tensors.items():
-                if self.holding.get(name) != id(tensor):
+                if self.holding.get(name) is not tensor:
                     self.params[name].copy_(tensor)
-                    self.holding[name] = id(tensor)
+                    self.holding[name] = tensor
                     self.copied += 1

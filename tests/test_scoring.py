@@ -1,0 +1,59 @@
+"""The two candidate scorers (resident HF model, resident vLLM engine) agree on the same
+candidates; tolerance: MCQA accuracy within one item, QA mean log-likelihood within 1e-3."""
+import pytest
+import torch
+
+from harness.data import synthetic
+from harness.merge.hi_merging import REST, Candidates
+from harness.merge.memory import InMemoryMerger
+from harness.plan import build_plan
+from harness.recipe import load_recipe
+from harness.store import Store
+
+from conftest import PROJECT
+from tiny_models import plant_family
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("scoring")
+    recipe = load_recipe("tiny_en_zh", PROJECT / "recipes")
+    plan = build_plan(recipe, PROJECT / "requirements")
+    store = Store(tmp, recipe.name)
+    base, *sp = plan["specialists"]
+    plant_family(store, base.key, [u.key for u in sp], noise=0.05)
+    base_dir = store.path("specialists", base.key) / "model"
+    models = {f"m{i}": store.path("specialists", u.key) / "model" for i, u in enumerate(sp)}
+    dev = {"en": (synthetic.dataset("en", "mcqa", {"train": 1, "dev": 40, "test": 1}, 0)["dev"], "mcqa"),
+           "zh": (synthetic.dataset("zh", "mcqa", {"train": 1, "dev": 40, "test": 1}, 0)["dev"], "mcqa"),
+           "qa": (synthetic.dataset("en", "qa", {"train": 1, "dev": 10, "test": 1}, 0)["dev"], "qa")}
+    return base_dir, models, dev
+
+
+def test_hf_and_vllm_scorers_agree(family):
+    from harness.scoring.candidates import CandidateScorer
+
+    base_dir, models, dev = family
+    candidates = Candidates(InMemoryMerger(base_dir, models))
+    specs = [{}, {g: {"m0": (1.0, 1.0)} for g in candidates.groups},
+             {1: {"m0": (0.5, 1.0), "m1": (0.5, 1.0)}},
+             {g: {"m0": (0.7, 0.8), "m1": (0.3, 1.0)} for g in [0, 2, REST]}, {}]
+    scores, moved = {}, {}
+    for backend in ("hf", "vllm"):
+        scorer = CandidateScorer(backend, base_dir, dev, "float32", True, max_model_len=512)
+        try:
+            scores[backend] = [[scorer.score(candidates.build(s), t) for t in dev] for s in specs]
+            # a candidate that differs from the one held in one layer moves that layer only
+            full = {g: {"m0": (1.0, 1.0)} for g in candidates.groups}
+            scorer.score(candidates.build(full), "en")
+            before = scorer.stats()["tensors_moved"]
+            scorer.score(candidates.build({**full, 2: {"m1": (1.0, 1.0)}}), "en")
+            moved[backend] = scorer.stats()["tensors_moved"] - before
+        finally:
+            scorer.close()
+    for hf_row, v_row in zip(scores["hf"], scores["vllm"]):
+        assert abs(hf_row[0] - v_row[0]) <= 1 / 40 + 1e-9
+        assert abs(hf_row[1] - v_row[1]) <= 1 / 40 + 1e-9
+        assert hf_row[2] == pytest.approx(v_row[2], abs=1e-3)
+    assert scores["hf"][0] == scores["hf"][-1]  # back to the base: the same scores again
+    assert moved == {"hf": len(candidates.groups[2]), "vllm": len(candidates.groups[2])}
