@@ -70,6 +70,7 @@ test: setup
 ## bench: speed figures measured in one run (ratios and medians, not timed tests)
 bench: setup
 	$(EVAL_ENV)/bin/python bench/merge_speed.py
+	VLLM_LOGGING_LEVEL=WARNING $(EVAL_ENV)/bin/python bench/contribution_speed.py
 	VLLM_LOGGING_LEVEL=WARNING $(EVAL_ENV)/bin/python bench/eval_throughput.py hf
 	VLLM_LOGGING_LEVEL=WARNING $(EVAL_ENV)/bin/python bench/eval_throughput.py vllm
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import record  # noqa: E402
 
 
 def main(backend_name: str, limit: int) -> None:
@@ -56,8 +58,10 @@ def main(backend_name: str, limit: int) -> None:
         rate = [items / s for s in eval_s]
         print(f"eval[{backend_name}]: {items} items per model, {statistics.median(rate):.1f} items/s "
               f"(median of {len(models)} models; min {min(rate):.1f}, max {max(rate):.1f})")
+        record(**{f"eval_items_per_s_{backend_name}": statistics.median(rate)})
         if backend_name == "vllm":
             swap = statistics.median(load_s[1:])
+            record(eval_vllm_engine_start_s=load_s[0], eval_vllm_swap_s=swap)
             print(f"eval[vllm]: engine start {load_s[0]:.1f} s, in-place swap {swap:.3f} s "
                   f"(median of {len(load_s) - 1}); start/swap = {load_s[0] / swap:.0f}x")
         else:

@@ -14,6 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import record  # noqa: E402
+
 REPEATS = 3
 VALUES = {"linear": {"weight": 0.5}, "task_arithmetic": {"weight": 0.7},
           "ties": {"density": 0.5}, "dare_ties": {"density": 0.5}, "dare_linear": {"density": 0.5},
@@ -68,12 +71,14 @@ def main() -> None:
                                   capture_output=True, text=True, check=True)
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             print(f"{method:16s} {row['median_s']:10.3f} {row['peak_mib']:12.0f}")
+            record(**{f"merge_{method}_s": row["median_s"], f"merge_{method}_peak_mib": row["peak_mib"]})
         engine = InMemoryMerger(base, {f"m{i}": m for i, m in enumerate(models)})
         layer = engine.layer_tensors(0)
         for method in ("ties", "dare_ties"):
             full = statistics.median(_timed(lambda: engine.merge(method, VALUES[method], seed=0)))
             one = statistics.median(_timed(lambda: engine.merge(method, VALUES[method],
                                                                 tensors=layer, seed=0)))
+            record(**{f"in_memory_{method}_full_s": full, f"in_memory_{method}_one_layer_s": one})
             print(f"in-memory {method}: full model {full:.3f} s, one-layer candidate {one:.3f} s "
                   f"({full / one:.1f}x faster; {len(layer)} of {len(engine.names)} tensors)")
 

@@ -33,7 +33,7 @@ def merged(tmp_path_factory):
     """The tiny recipe with every baseline method, on a planted base + two specialists."""
     tmp = tmp_path_factory.mktemp("merge")
     data = yaml.safe_load((PROJECT / "recipes" / "tiny_en_zh.yaml").read_text())
-    data["scorer"]["limit"] = 20
+    data["scorer"].update(limit=20, backend="hf")  # the vLLM scorer: tests/test_scoring.py
     data["merges"][-1]["options"] = {"prune_grid": [0.3, 0.7, 1.0], "scale_grid": [0.5, 1.0]}
     recipe = parse_recipe(data)
     ctx = Context(recipe, Store(tmp / "runs", recipe.name),

@@ -251,18 +251,18 @@ class HiMerging:
                 "dev_final": {m: self.S(final, m) for m in self.models}}
 
 
-def mergekit_yaml(spec: Spec, base: str, models: dict[str, str], dtype: str) -> dict[str, Any]:
-    """The final model as one mergekit TIES config with explicit per-layer filter entries."""
+def mergekit_yaml(spec: Spec, layers: list[int], base: str, models: dict[str, str],
+                  dtype: str) -> dict[str, Any]:
+    """A candidate as one mergekit TIES config with explicit `layers.N.` filter entries (not
+    interpolated lists, which would leak into embeddings and lm_head). Weight 0 = left out."""
     entries = []
     for name, path in models.items():
         weight, density = [], []
-        for group, parts in spec.items():
-            if group == REST:
-                continue
-            p, s = parts.get(name, (1.0, 0.0))
+        for group in layers:
+            p, s = spec.get(group, {}).get(name, (1.0, 0.0))
             weight.append({"filter": f"layers.{group}.", "value": s})
             density.append({"filter": f"layers.{group}.", "value": p})
-        p, s = spec[REST].get(name, (1.0, 0.0))
+        p, s = spec.get(REST, {}).get(name, (1.0, 0.0))
         weight.append({"value": s})   # everything else: embeddings, final norm, lm_head
         density.append({"value": p})
         entries.append({"model": path, "parameters": {"weight": weight, "density": density}})

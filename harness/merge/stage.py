@@ -105,8 +105,8 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
         result = method.run()
     finally:
         scorer.close()
-    config = mergekit_yaml(result["final"], base, {n: str(p) for n, p in models.items()},
-                           ctx.recipe.base.dtype)
+    config = mergekit_yaml(result["final"], engine.layers, base,
+                           {n: str(p) for n, p in models.items()}, ctx.recipe.base.dtype)
     details: dict[str, Any] = {
         "method": "hi_merging", "options": options.__dict__, "random_seed": unit.inputs["seed"],
         "reproduce": "mergekit-yaml mergekit.yaml OUT",
