@@ -57,3 +57,24 @@ def test_hf_and_vllm_scorers_agree(family):
         assert hf_row[2] == pytest.approx(v_row[2], abs=1e-3)
     assert scores["hf"][0] == scores["hf"][-1]  # back to the base: the same scores again
     assert moved == {"hf": len(candidates.groups[2]), "vllm": len(candidates.groups[2])}
+
+
+def test_hf_scorer_reuses_lower_layers_with_identical_scores(family):
+    from harness.scoring.candidates import CandidateScorer
+
+    base_dir, models, dev = family
+    candidates = Candidates(InMemoryMerger(base_dir, models))
+    full = {g: {"m0": (1.0, 1.0)} for g in candidates.groups}
+    specs = [full, {**full, 3: {"m1": (1.0, 1.0)}}, {**full, 2: {}}, full]
+    results = {}
+    for reuse in (True, False):
+        scorer = CandidateScorer("hf", base_dir, dev, "float32", True)
+        if not reuse:  # the same scorer with every layer recomputed
+            for i, layer in enumerate(scorer.engine.model.model.layers):
+                scorer.engine.model.model.layers[i] = layer.layer
+        results[reuse] = [[scorer.score(candidates.build(s), t) for t in dev] for s in specs]
+        if reuse:
+            stats = scorer.stats()
+    assert results[True] == results[False]
+    # candidate 2 changes only layer 3: layers 0-2 of every batch come from the cache
+    assert stats["layers_reused"] > 0 and stats["layers_computed"] > 0

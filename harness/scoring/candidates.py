@@ -37,15 +37,18 @@ class CandidateScorer:
             value = (self.engine.mcqa_accuracy if kind == "mcqa" else self.engine.qa_loglik)(records)
         else:
             fn = self.hf.mcqa_accuracy if kind == "mcqa" else self.hf.qa_loglik
-            value = fn(self.engine.model, records)
+            value = fn(self.engine.model, records, on_batch=self.engine.set_batch)
         self.forward_seconds += time.perf_counter() - start
         self.calls += 1
         return value
 
     def stats(self) -> dict[str, Any]:
         moved = getattr(self.engine, "moved", getattr(self.engine, "copied", 0))
-        return {"backend": self.backend, "scored": self.calls, "tensors_moved": moved,
-                "forward_seconds": round(self.forward_seconds, 3)}
+        stats = {"backend": self.backend, "scored": self.calls, "tensors_moved": moved,
+                 "forward_seconds": round(self.forward_seconds, 3)}
+        if self.backend == "hf":
+            stats.update(layers_reused=self.engine.reused, layers_computed=self.engine.computed)
+        return stats
 
     def close(self) -> None:
         if hasattr(self.engine, "close"):
