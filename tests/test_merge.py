@@ -173,3 +173,35 @@ def test_hi_merging_artifact(merged):
     assert set(table["Gamma"]) == {"0", "1", "2", "3"}
     assert details["candidates_scored"] > 0
     assert not list(folder.parent.glob(f".cache-{unit.key}"))  # the resume cache is cleared
+
+
+def test_killed_hi_merging_search_resumes(merged, tmp_path, monkeypatch):
+    from harness.scoring import candidates as scoring
+
+    ctx = merged
+    root = tmp_path / "runs"
+    shutil.copytree(ctx.store.root, root, ignore=shutil.ignore_patterns("merge"))
+    other = Context(ctx.recipe, Store(root, ctx.recipe.name), ctx.plan, PROJECT)
+    unit = next(u for u in ctx.plan["merge"] if u.inputs["method"] == "hi_merging")
+    real = scoring.CandidateScorer.score
+    calls = {"n": 0}
+
+    def dying(self, tensors, task):
+        calls["n"] += 1
+        if calls["n"] > 6:
+            raise KeyboardInterrupt("killed mid-search")
+        return real(self, tensors, task)
+
+    monkeypatch.setattr(scoring.CandidateScorer, "score", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(other, "merge")
+    assert not other.store.has("merge", unit.key)
+    cache = other.store.stage_dir("merge") / f".cache-{unit.key}" / "scores.jsonl"
+    assert len(cache.read_text().splitlines()) == 6
+    monkeypatch.setattr(scoring.CandidateScorer, "score", real)
+    run_stage(other, "merge")
+    details = other.store.manifest("merge", unit.key)["details"]
+    first = ctx.store.manifest("merge", unit.key)["details"]
+    assert details["candidates_scored"] == first["candidates_scored"] - 6  # resumed, not redone
+    assert details["dev_scores"] == first["dev_scores"]
+    assert run_stage(other, "merge") == []  # and a further re-run is a no-op
