@@ -152,3 +152,15 @@ def test_weights_differ_detects_an_unchanged_export(tmp_path):
     assert not weights_differ(b, a)
     c = make_model(tmp_path / "c", seed=1)
     assert weights_differ(c, a)
+
+
+def test_prompts_longer_than_cutoff_fail_before_training(trained, tmp_path):
+    ctx, _ = trained
+    data = tiny_recipe()
+    data["specialists"][0]["finetuning"]["cutoff_len"] = 64  # the options would be cut off
+    other = context(data, ctx.store.root)
+    with pytest.raises(HarnessError, match=r"synth_mcqa_en_train: \d+ of the first 200 training "
+                                           r"prompts are longer than cutoff_len 64"):
+        run_stage(other, "specialists")
+    unit = next(u for u in other.plan["specialists"] if u.name.startswith("specialist en_mcqa"))
+    assert not other.store.has("specialists", unit.key)

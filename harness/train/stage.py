@@ -113,10 +113,34 @@ def _train(ctx: Context, unit: Unit, tmp: Path, config: dict[str, Any], name: st
     details[name] = {"losses": losses[:1] + losses[-1:], "logged_steps": len(losses)}
 
 
+def check_cutoff(base: str, dataset_dir: Path, dataset: str, cutoff: int, template_note: str) -> None:
+    """LLaMA-Factory cuts a prompt longer than cutoff_len from the END: the options and the
+    answer cue would be lost and the model would learn nothing. Measure before training."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    info = json.loads((dataset_dir / "dataset_info.json").read_text())
+    for name in dataset.split(","):
+        rows = json.loads((dataset_dir / info[name]["file_name"]).read_text())[:200]
+        texts = [f"{r['instruction']}\n{r['input']}" for r in rows]
+        if tok.chat_template:
+            texts = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                             add_generation_prompt=True) for t in texts]
+        lengths = [len(tok.encode(t, add_special_tokens=False)) + 2 for t in texts]
+        over = sum(n > cutoff for n in lengths)
+        if over > len(lengths) // 100:
+            raise HarnessError(f"specialists: {name}: {over} of the first {len(lengths)} training "
+                               f"prompts are longer than cutoff_len {cutoff} tokens (longest "
+                               f"{max(lengths)}){template_note}; raise finetuning.cutoff_len")
+
+
 def build_finetune(ctx: Context, unit: Unit, ft: Finetuning, dataset: str, dataset_dir: Path,
                    overrides: dict[str, Any]) -> None:
     recipe: Recipe = ctx.recipe
     base = base_location(ctx, unit.inputs["base"])
+    if dataset_dir is not None:
+        check_cutoff(base, dataset_dir, dataset, overrides.get("cutoff_len", ft.cutoff_len),
+                     " with the chat template")
     details: dict[str, Any] = {"base": base, "dataset": dataset}
     with ctx.store.build("specialists", unit.key, unit.inputs, unit.versions, details) as tmp:
         if dataset_dir is None:  # multi-task: one dataset_info naming every specialist's file
