@@ -6,6 +6,7 @@ never used: it is not keyed by model, so a shared cache would hand one model's a
 """
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import os
@@ -47,15 +48,16 @@ def serve_data(ctx: Context, data: dict[str, str], root: Path) -> Path:
     return root
 
 
-class Backend:
+class Backend(abc.ABC):
     """Hands out an lm-eval LM per model; subclasses keep what can be reused between models."""
 
     def __init__(self, ctx: Context):
         self.spec = ctx.recipe.eval
         self.base = ctx.recipe.base
 
-    def lm_for(self, location: str):  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def lm_for(self, location: str):
+        """The lm-eval LM that scores the model at `location`."""
 
 
 class HFBackend(Backend):
