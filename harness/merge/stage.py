@@ -118,7 +118,7 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
         (tmp / "mergekit.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         run_merge(validate(config), str(tmp / "model"),
                   MergeOptions(random_seed=unit.inputs["seed"], quiet=True, copy_tokenizer=True))
-        memory = Candidates(engine).build(result["final"])
+        memory = method.candidates.build(result["final"])  # groups already built are reused
         written = load_folder(tmp / "model", dtype)
         details["mergekit_equals_in_memory"] = written.keys() == memory.keys() and all(
             torch.equal(written[n], memory[n]) for n in memory)

@@ -36,8 +36,8 @@ def publish_model(src: Path, dst: Path, tokenizer_from: Path | None = None) -> P
     for path in weights:
         shutil.copy2(path, dst / path.name)
     for name in MODEL_FILES:
-        source = (tokenizer_from or src) / name if name not in ("config.json",
-                                                                 "generation_config.json") else src / name
+        own = name in ("config.json", "generation_config.json")  # always the trained model's
+        source = (src if own or tokenizer_from is None else tokenizer_from) / name
         if source.exists():
             shutil.copy2(source, dst / name)
     return dst
