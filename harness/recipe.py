@@ -232,6 +232,18 @@ class ExecutorSpec(Strict):
     nnodes: int = Field(1, gt=0)
 
 
+class ReferenceRow(Strict):
+    """A number someone else reported (e.g. the paper's table), shown marked as reported and
+    kept out of ranks and every derived column."""
+    name: str
+    source: str = Field(min_length=1)  # where it was reported: paper, table
+    scores: dict[str, float] = Field(min_length=1)  # task -> value, in the table's units
+
+
+class LeaderboardSpec(Strict):
+    reference: list[ReferenceRow] = Field(default_factory=list)
+
+
 class Recipe(Strict):
     name: str
     description: str = ""
@@ -244,6 +256,7 @@ class Recipe(Strict):
     eval: EvalSpec
     scorer: ScorerSpec = ScorerSpec()
     executor: ExecutorSpec = ExecutorSpec()
+    leaderboard: LeaderboardSpec = LeaderboardSpec()
 
     @model_validator(mode="after")
     def _references(self) -> "Recipe":

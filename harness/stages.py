@@ -39,7 +39,11 @@ BUILDERS: dict[str, Callable[[Context, list[Unit]], None]] = {}
 # The module that registers each implemented stage's builder (imported on first use, so the
 # CLI starts fast and a stage's heavy imports are paid only when it runs).
 BUILDER_MODULES = {"data": "harness.data.stage", "specialists": "harness.train.stage",
-                   "merge": "harness.merge.stage", "eval": "harness.evaluation.stage"}
+                   "merge": "harness.merge.stage", "eval": "harness.evaluation.stage",
+                   "leaderboard": "harness.leaderboard.stage"}
+# A function of the stage's module run after the stage, cached or not (the leaderboard
+# re-publishes its stored folder when leaderboard/<recipe>/ holds another one).
+AFTER = {"leaderboard": "after"}
 
 
 def register(stage: str):
@@ -62,6 +66,7 @@ def run_stage(ctx: Context, stage: str) -> list[Unit]:
             log.info("%s: skipped (cached) %s [%s]", stage, unit.name, unit.key)
     if not todo:
         log.info("%s: all %d unit(s) cached, nothing to do", stage, len(units))
+        _after(ctx, stage)
         return []
     if stage not in BUILDERS and stage in BUILDER_MODULES:
         importlib.import_module(BUILDER_MODULES[stage])
@@ -71,4 +76,10 @@ def run_stage(ctx: Context, stage: str) -> list[Unit]:
             f"stage '{stage}' is not implemented yet (tracked in issue #{TRACKING_ISSUE[stage]}); "
             f"{len(todo)} unit(s) to do, nothing was written")
     builder(ctx, todo)
+    _after(ctx, stage)
     return todo
+
+
+def _after(ctx: Context, stage: str) -> None:
+    if stage in AFTER:
+        getattr(importlib.import_module(BUILDER_MODULES[stage]), AFTER[stage])(ctx)

@@ -15,7 +15,7 @@ from pathlib import Path
 import datasets
 import sacrebleu
 
-from harness.data.prompts import mcqa_prompt, qa_prompt
+from harness.data.prompts import answers_text, mcqa_choices as _choices, mcqa_prompt, qa_prompt
 
 SPLITS = ("dev", "test")
 
@@ -57,8 +57,9 @@ def mcqa_text(doc: dict) -> str:
     return mcqa_prompt(_record(doc))
 
 
-def mcqa_letters(doc: dict) -> list[str]:
-    return list(doc["letters"])
+def mcqa_choices(doc: dict) -> list[str]:
+    """The option letters, or the option texts for cloze records (answer_format "text")."""
+    return _choices(_record(doc))
 
 
 def mcqa_target(doc: dict) -> int:
@@ -80,8 +81,20 @@ def extract_letter(response: str, doc: dict) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
+def extract_option(response: str, doc: dict) -> str | None:
+    """Cloze records: the option whose text the response gives (exactly, else the only one it
+    contains)."""
+    text = response.strip()
+    for letter, choice in zip(doc["letters"], doc["choices"]):
+        if text == choice:
+            return letter
+    hits = [L for L, c in zip(doc["letters"], doc["choices"]) if c and c in text]
+    return hits[0] if len(hits) == 1 else None
+
+
 def mcqa_gen_results(doc: dict, results: list[str]) -> dict:
-    letter = extract_letter(results[0], doc)
+    extract = extract_option if answers_text(doc) else extract_letter
+    letter = extract(results[0], doc)
     return {"acc": float(letter == doc["letters"][doc["answer_index"]])}
 
 

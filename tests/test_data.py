@@ -9,7 +9,7 @@ import yaml
 
 from harness.data import converters, readers, synthetic
 from harness.data.knowledge import CONDITIONS
-from harness.data.prompts import mcqa_prompt
+from harness.data.prompts import mcqa_answer, mcqa_prompt
 from harness.data.records import dedup_key, read_jsonl
 from harness.data.stage import convert_file
 from harness.errors import HarnessError
@@ -289,7 +289,9 @@ def test_tiny_recipe_data_stage(project, tmp_path, harness_bin):
             assert len(lf) == len(train)
             # LLaMA-Factory joins instruction and input with a newline: the exact eval prompt
             assert lf[0]["instruction"] + "\n" + lf[0]["input"] == mcqa_prompt(train[0])
-            assert lf[0]["output"] == train[0]["answer"]
+            assert lf[0]["output"] == mcqa_answer(train[0])
+            if train[0].get("answer_format") == "text":  # cloze: the option's text
+                assert lf[0]["output"] == train[0]["options"][train[0]["answer"]]
 
 
 # ------------------------------------------------------------------ the synthetic design
@@ -309,6 +311,9 @@ def test_synthetic_mcqa_design(lang):
         assert all(len(r["options"]) == n for r in data[split])
         for letter in "ABCDE"[:n]:  # answer positions are balanced (no letter shortcut)
             assert abs(letters.count(letter) / len(letters) - 1 / n) < 0.07
+        for r in data[split]:  # cloze: the prompt never shows the answer it is scored on
+            assert r["answer_format"] == "text"
+            assert r["options"][r["answer"]] not in mcqa_prompt(r)
     assert synthetic.dataset(lang, "mcqa", {"train": 50, "dev": 10, "test": 10}, seed=0) != \
         synthetic.dataset(lang, "mcqa", {"train": 50, "dev": 10, "test": 10}, seed=1)
 
@@ -321,5 +326,14 @@ def test_synthetic_corpus_and_qa():
     for c in CONDITIONS:
         assert c.en.lower() in text.lower()
         assert c.zh in text
+    # ...and no facts: a name sits next to its own treatment about as often as chance says
+    own = other = 0
+    for line in text.splitlines():
+        for c in CONDITIONS:
+            if line.startswith(f"The first-line treatment for {c.en} is "):
+                treatment = line.removeprefix(f"The first-line treatment for {c.en} is ")[:-1]
+                own += treatment == c.treatment_en
+                other += treatment != c.treatment_en
+    assert own + other > 50 and own / (own + other) < 0.15
     qa = synthetic.dataset("zh", "qa", {"train": 200, "dev": 50, "test": 100}, seed=0)
     assert all(r["answer"].startswith("这些症状提示") for r in qa["test"])

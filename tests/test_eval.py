@@ -59,6 +59,18 @@ def test_answer_letter_extraction(response, expected):
     assert task_utils.extract_letter(response, doc) == expected
 
 
+@pytest.mark.parametrize("response, expected", [
+    ("spirometry", "C"), (" 阿奇霉素 ", "B"), ("It is spirometry.", "C"), ("B", None),
+    ("x-ray or ECG", None),
+])
+def test_cloze_option_extraction(response, expected):
+    doc = {"letters": ["A", "B", "C", "D"], "choices": ["x-ray", "阿奇霉素", "spirometry", "ECG"],
+           "answer_format": "text"}
+    assert task_utils.extract_option(response, doc) == expected
+    assert task_utils.mcqa_choices(doc) == doc["choices"]
+    assert task_utils.mcqa_choices({**doc, "answer_format": "letter"}) == doc["letters"]
+
+
 # ------------------------------------------------------------------ tasks under plain lm_eval
 def _data_dir(tmp: Path) -> Path:
     """Every task's data: converted shared samples, generated synthetic data, small fakes."""

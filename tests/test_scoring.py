@@ -24,9 +24,12 @@ def family(tmp_path_factory):
     plant_family(store, base.key, [u.key for u in sp], noise=0.05)
     base_dir = store.path("specialists", base.key) / "model"
     models = {f"m{i}": store.path("specialists", u.key) / "model" for i, u in enumerate(sp)}
-    dev = {"en": (synthetic.dataset("en", "mcqa", {"train": 1, "dev": 40, "test": 1}, 0)["dev"], "mcqa"),
+    en = synthetic.dataset("en", "mcqa", {"train": 1, "dev": 40, "test": 1}, 0)["dev"]
+    dev = {"en": (en, "mcqa"),  # cloze: option texts
            "zh": (synthetic.dataset("zh", "mcqa", {"train": 1, "dev": 40, "test": 1}, 0)["dev"], "mcqa"),
-           "qa": (synthetic.dataset("en", "qa", {"train": 1, "dev": 10, "test": 1}, 0)["dev"], "qa")}
+           "qa": (synthetic.dataset("en", "qa", {"train": 1, "dev": 10, "test": 1}, 0)["dev"], "qa"),
+           # the same items as lettered exam questions (options in the prompt, letter answers)
+           "en_letter": ([{k: v for k, v in r.items() if k != "answer_format"} for r in en], "mcqa")}
     return base_dir, models, dev
 
 
@@ -55,6 +58,7 @@ def test_hf_and_vllm_scorers_agree(family):
         assert abs(hf_row[0] - v_row[0]) <= 1 / 40 + 1e-9
         assert abs(hf_row[1] - v_row[1]) <= 1 / 40 + 1e-9
         assert hf_row[2] == pytest.approx(v_row[2], abs=1e-3)
+        assert abs(hf_row[3] - v_row[3]) <= 1 / 40 + 1e-9
     assert scores["hf"][0] == scores["hf"][-1]  # back to the base: the same scores again
     assert moved == {"hf": len(candidates.groups[2]), "vllm": len(candidates.groups[2])}
 

@@ -2,8 +2,8 @@
 
 Each condition: English and Chinese names, three characteristic symptoms, the test that
 confirms it, a first-line treatment and the department that manages it. The tiny base model
-learns these facts from a generated corpus; the specialists learn to answer exam questions
-about them in one language.
+learns the words from a corpus that pairs them at random; each specialist learns the facts
+from exam questions in its own language (see synthetic.py).
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The one normalised record schema every source converts into, and JSONL I/O.
 
 MCQA: {"id", "question", "options": {"A": ..., ...}, "answer": "B", "language", "source"}
+      optionally "answer_format": "text" (cloze: the answer is the option's text; see prompts.py)
 QA:   {"id", "question", "answer", "language", "source"}
 Converters and lm-eval tasks meet here and nowhere else.
 """

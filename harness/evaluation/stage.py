@@ -110,6 +110,19 @@ class VLLMBackend(Backend):
 BACKENDS = {"hf": HFBackend, "vllm": VLLMBackend}
 
 
+def option_counts(data_dir: Path) -> dict[str, int]:
+    """Options per MCQA item of each served dataset's test split (the most any item has), so
+    the leaderboard can correct accuracy for chance from the eval files alone."""
+    from harness.data.records import read_jsonl
+
+    counts = {}
+    for folder in sorted(data_dir.iterdir()):
+        rows = read_jsonl(folder / "test.jsonl") if (folder / "test.jsonl").is_file() else []
+        if rows and "options" in rows[0]:
+            counts[folder.name] = max(len(r["options"]) for r in rows)
+    return counts
+
+
 def evaluate(lm, ctx: Context, task_manager) -> dict[str, Any]:
     from lm_eval import simple_evaluate
 
@@ -152,7 +165,9 @@ def build(ctx: Context, units: list[Unit]) -> None:
     backend = BACKENDS[backend_name](ctx)
     spec = ctx.recipe.eval
     with tempfile.TemporaryDirectory(prefix="harness-data-") as tmp:
-        os.environ["HARNESS_DATA_DIR"] = str(serve_data(ctx, units[0].inputs["data"], Path(tmp)))
+        data_dir = serve_data(ctx, units[0].inputs["data"], Path(tmp))
+        os.environ["HARNESS_DATA_DIR"] = str(data_dir)
+        n_options = option_counts(data_dir)
         task_manager = TaskManager(include_path=str(ctx.project / "tasks"), include_defaults=False)
         for unit in tqdm(units, desc=f"eval ({backend_name})", unit="model"):
             location = model_location(ctx, unit)
@@ -161,6 +176,7 @@ def build(ctx: Context, units: list[Unit]) -> None:
             meta = {"model": unit.inputs["model"], "model_location": location,
                     "unit": unit.name, "backend": backend_name, "tasks": list(spec.tasks),
                     "split": spec.split, "limit": spec.limit, "num_fewshot": 0,
+                    "data": units[0].inputs["data"], "n_options": n_options,
                     "apply_chat_template": spec.apply_chat_template, "seed": spec.seed,
                     "versions": unit.versions, "request_cache": None}
             details: dict[str, Any] = {}

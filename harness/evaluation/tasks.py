@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from harness.data import prompts
 from harness.errors import HarnessError
 
 
@@ -57,9 +58,10 @@ def task_data(tasks_dir: Path, task: str) -> list[str]:
 
 
 def tasks_hash(tasks_dir: Path) -> str:
-    """Every file of the task folder: a changed prompt or metric re-runs the evaluations."""
+    """Every file of the task folder, and the prompt module its helpers import: a changed
+    prompt or metric re-runs the evaluations."""
     digest = hashlib.sha256()
-    for path in sorted(Path(tasks_dir).iterdir()):
-        if path.is_file() and path.suffix != ".md":
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    files = [p for p in sorted(Path(tasks_dir).iterdir()) if p.is_file() and p.suffix != ".md"]
+    for path in files + [Path(prompts.__file__)]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]

@@ -1,8 +1,9 @@
 """Log-likelihood scoring with transformers (CPU hosts; the vLLM scorer is the GPU path).
 
-MCQA: accuracy of the option letter with the highest log-likelihood after the prompt (the same
-prompt and chat template as the lm-eval tasks, so it ranks models as the leaderboard would).
-QA: mean per-token log-likelihood of the reference answer. Deterministic, batched.
+MCQA: accuracy of the option whose choice (letter, or text for cloze records) has the highest
+log-likelihood after the prompt, with the tasks' prompt and chat template (requests.py), so it
+ranks models as the leaderboard would. QA: mean per-token log-likelihood of the reference
+answer. Deterministic, batched.
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Any
 
 import torch
 
-from harness.data.prompts import mcqa_prompt, qa_prompt
 from harness.data.records import read_jsonl
+from harness.scoring.requests import Pair, Requests, accuracy, mean_token_loglik
 
 
 class HFScorer:
@@ -21,69 +22,46 @@ class HFScorer:
         from transformers import AutoTokenizer
 
         self.tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-        self.tok.padding_side = "left"
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
+        self.requests = Requests(self.tok, apply_chat_template)
         self.batch_size = batch_size
-        self.chat = apply_chat_template and bool(self.tok.chat_template)
         self.limit = limit
-
-    def _context(self, text: str) -> str:
-        if not self.chat:
-            return text
-        return self.tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                            add_generation_prompt=True)
 
     def records(self, path: Path) -> list[dict[str, Any]]:
         rows = read_jsonl(path)
         return rows[: self.limit] if self.limit else rows
 
     @torch.no_grad()
-    def mcqa_accuracy(self, model, records: list[dict[str, Any]], on_batch=None) -> float:
-        """Letters are compared by the log-probability of their first token after the prompt.
-        `on_batch(key)` is told which batch comes next (ResidentHFModel reuses its layers)."""
-        hits = 0
-        for start in range(0, len(records), self.batch_size):
-            batch = records[start:start + self.batch_size]
-            contexts = [self._context(mcqa_prompt(r)) for r in batch]
-            enc = self.tok(contexts, return_tensors="pt", padding=True, add_special_tokens=False)
+    def logliks(self, model, pairs: list[Pair], on_batch=None) -> list[float]:
+        """Summed log-likelihood of each pair's continuation. `on_batch(key)` is told which
+        batch comes next, keyed by its exact token ids (ResidentHFModel reuses the layers
+        below the first changed one for a batch it has seen)."""
+        out = []
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = pairs[start:start + self.batch_size]
+            seqs = [p.context + p.continuation for p in chunk]
+            ids = torch.full((len(seqs), max(map(len, seqs))), self.tok.pad_token_id)
+            mask = torch.zeros_like(ids)
+            for i, s in enumerate(seqs):
+                ids[i, :len(s)] = torch.tensor(s)
+                mask[i, :len(s)] = 1
             if on_batch:
-                on_batch(("mcqa", batch[0]["id"], len(batch)))
-            logits = model(**enc, use_cache=False).logits[:, -1, :].float()
-            for row, record in zip(logits, batch):
-                letters = list(record["options"])
-                ids = [self.tok.encode(L, add_special_tokens=False)[0] for L in letters]
-                best = letters[int(torch.argmax(row[ids]))]
-                hits += best == record["answer"]
-        return hits / max(1, len(records))
+                on_batch(tuple(map(tuple, seqs)))
+            logp = torch.log_softmax(
+                model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1)
+            for i, p in enumerate(chunk):
+                positions = torch.arange(len(p.context) - 1, len(seqs[i]) - 1)
+                out.append(logp[i, positions, torch.tensor(p.continuation)].sum().item())
+        return out
 
-    @torch.no_grad()
+    def mcqa_accuracy(self, model, records: list[dict[str, Any]], on_batch=None) -> float:
+        pairs = self.requests.mcqa(records)
+        return accuracy(records, pairs, self.logliks(model, pairs, on_batch))
+
     def qa_loglik(self, model, records: list[dict[str, Any]], on_batch=None) -> float:
-        total, count = 0.0, 0
-        self.tok.padding_side = "right"
-        try:
-            for start in range(0, len(records), self.batch_size):
-                batch = records[start:start + self.batch_size]
-                ctx = [self.tok.encode(self._context(qa_prompt(r)), add_special_tokens=False) for r in batch]
-                ans = [self.tok.encode(r["answer"], add_special_tokens=False) for r in batch]
-                seqs = [c + a for c, a in zip(ctx, ans)]
-                width = max(map(len, seqs))
-                ids = torch.full((len(seqs), width), self.tok.pad_token_id)
-                mask = torch.zeros_like(ids)
-                for i, s in enumerate(seqs):
-                    ids[i, :len(s)] = torch.tensor(s)
-                    mask[i, :len(s)] = 1
-                if on_batch:
-                    on_batch(("qa", batch[0]["id"], len(batch)))
-                logp = torch.log_softmax(
-                    model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1)
-                for i, (c, a) in enumerate(zip(ctx, ans)):
-                    positions = torch.arange(len(c) - 1, len(c) + len(a) - 1)
-                    total += logp[i, positions, torch.tensor(a)].sum().item()
-                    count += len(a)
-        finally:
-            self.tok.padding_side = "left"
-        return total / max(1, count)
+        pairs = self.requests.qa(records)
+        return mean_token_loglik(pairs, self.logliks(model, pairs, on_batch))
 
     def score(self, model, dev_file: Path, task_type: str) -> float:
         records = self.records(dev_file)

@@ -2,9 +2,9 @@
 
 Only the tensors that differ from what the engine holds move: they are written to a tmpfs
 safetensors file and the workers reload them (`reload_weights`, see harness/engine.py); a
-candidate that differs in one layer moves that layer. MCQA is scored from the next-token
-log-probabilities of the option letters (one forward pass per item, `allowed_token_ids` with
-processed log-probs); QA by the mean log-likelihood of the reference answer (prompt log-probs).
+candidate that differs in one layer moves that layer. Both task kinds are scored from prompt
+log-probabilities of the sequences in requests.py: MCQA by the option whose choice (letter or
+cloze text) is most likely, QA by the mean log-likelihood of the reference answer.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from harness.data.prompts import mcqa_prompt, qa_prompt
 from harness.engine import _reload_from_files, cpu_engine_kwargs, on_gpu
+from harness.scoring.requests import Pair, Requests, accuracy, mean_token_loglik
 
 
 class VLLMScorer:
@@ -28,19 +28,12 @@ class VLLMScorer:
         self.llm = LLM(model=str(base), dtype=dtype, max_model_len=max_model_len, seed=seed,
                        tensor_parallel_size=tensor_parallel_size,
                        logprobs_mode="processed_logprobs", **extra)
-        self.tok = self.llm.get_tokenizer()
-        self.chat = apply_chat_template and bool(getattr(self.tok, "chat_template", None))
+        self.requests = Requests(self.llm.get_tokenizer(), apply_chat_template)
         shm = Path("/dev/shm")
         self._dir = tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else None)
         self.holding: dict[str, torch.Tensor] = {}
         self.moved = 0
         self.swap_seconds = 0.0
-
-    def _context(self, text: str) -> str:
-        if not self.chat:
-            return text
-        return self.tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                            add_generation_prompt=True)
 
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file
@@ -57,44 +50,27 @@ class VLLMScorer:
         self.moved += len(changed)
         self.swap_seconds += time.perf_counter() - start
 
-    def mcqa_accuracy(self, records: list[dict[str, Any]]) -> float:
-        from vllm import SamplingParams
-
-        prompts, params = [], []
-        for r in records:
-            ids = [self.tok.encode(L, add_special_tokens=False)[0] for L in r["options"]]
-            prompts.append(self._context(mcqa_prompt(r)))
-            params.append(SamplingParams(max_tokens=1, temperature=0, logprobs=len(ids),
-                                         allowed_token_ids=ids))
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        hits = 0
-        for r, out, p in zip(records, outputs, params):
-            logprobs = out.outputs[0].logprobs[0]
-            letters = list(r["options"])
-            ids = p.allowed_token_ids
-            best = max(range(len(ids)), key=lambda i: logprobs[ids[i]].logprob
-                       if ids[i] in logprobs else float("-inf"))
-            hits += letters[best] == r["answer"]
-        return hits / max(1, len(records))
-
-    def qa_loglik(self, records: list[dict[str, Any]]) -> float:
+    def logliks(self, pairs: list[Pair]) -> list[float]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        prompts, spans = [], []
-        for r in records:
-            ctx = self.tok.encode(self._context(qa_prompt(r)), add_special_tokens=False)
-            ans = self.tok.encode(r["answer"], add_special_tokens=False)
-            prompts.append(TokensPrompt(prompt_token_ids=ctx + ans))
-            spans.append((len(ctx), ans))
+        prompts = [TokensPrompt(prompt_token_ids=p.context + p.continuation) for p in pairs]
         outputs = self.llm.generate(prompts, SamplingParams(max_tokens=1, prompt_logprobs=0),
                                     use_tqdm=False)
-        total, count = 0.0, 0
-        for out, (start, ans) in zip(outputs, spans):
-            for offset, token in enumerate(ans):
-                total += out.prompt_logprobs[start + offset][token].logprob
-            count += len(ans)
-        return total / max(1, count)
+        out = []
+        for p, o in zip(pairs, outputs):
+            start = len(p.context)
+            out.append(sum(o.prompt_logprobs[start + k][t].logprob
+                           for k, t in enumerate(p.continuation)))
+        return out
+
+    def mcqa_accuracy(self, records: list[dict[str, Any]]) -> float:
+        pairs = self.requests.mcqa(records)
+        return accuracy(records, pairs, self.logliks(pairs))
+
+    def qa_loglik(self, records: list[dict[str, Any]]) -> float:
+        pairs = self.requests.qa(records)
+        return mean_token_loglik(pairs, self.logliks(pairs))
 
     def close(self) -> None:
         try:

@@ -13,6 +13,7 @@ from typing import Any
 from tqdm import tqdm
 
 from harness import tiny
+from harness.data import synthetic
 from harness.data.records import read_jsonl
 from harness.errors import HarnessError
 from harness.plan import Unit
@@ -83,7 +84,8 @@ def build_tiny_base(ctx: Context, unit: Unit) -> None:
     details: dict[str, Any] = {}
     with ctx.store.build("specialists", unit.key, unit.inputs, unit.versions, details) as tmp:
         texts = [r["text"] for r in read_jsonl(corpus_dir / "corpus.jsonl")]
-        tokenizer = tiny.train_tokenizer(texts, spec.vocab_size)
+        extras = synthetic.tokenizer_extras() + [tiny.DEFAULT_SYSTEM] * 200
+        tokenizer = tiny.train_tokenizer(texts + extras, spec.vocab_size)
         init = tmp / "init"  # config + tokenizer, no weights: LLaMA-Factory initialises them
         tiny.model_config(spec, tokenizer).save_pretrained(init)
         tokenizer.save_pretrained(init)

@@ -1,0 +1,1 @@
+"""The leaderboard stage: tables, plots and provenance from the eval results."""

@@ -1,0 +1,147 @@
+"""The leaderboard's files: README.md (the table people read), leaderboard.csv/json, grid.csv,
+and a static index.html with the same tables and the plots."""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from tabulate import tabulate
+
+from harness.leaderboard.collect import Task
+from harness.leaderboard.table import DEFINITIONS, frame
+
+
+def fmt(value: Optional[float], std: Optional[float] = None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.1f} ± {std:.1f}" if std is not None else f"{value:.1f}"
+
+
+def headline(rows: list[dict[str, Any]], tasks: list[Task], link: bool = True) -> list[list[str]]:
+    """The table cells: tasks (mean ± std), averages, rank and the relative columns."""
+    languages = sorted({t.language for t in tasks})
+    out = []
+    for r in rows:
+        name = r["model"]
+        if link and r.get("_link"):
+            name = f"[{name}]({r['_link']})"
+        if r["status"] in ("missing", "partial"):
+            name += f" ({r['status']})"
+        cells = [name]
+        for t in tasks:
+            cells.append("missing" if r["status"] == "missing" else
+                         fmt(r.get(t.name), r.get(f"{t.name}_std")))
+        cells += [fmt(r.get(f"avg_{lang}")) for lang in languages]
+        cells += [fmt(r.get("avg")), fmt(r.get("avg_rank")), fmt(r.get("rel_improvement_pct")),
+                  fmt(r.get("expert_normalised")), fmt(r.get("cc_avg"))]
+        out.append(cells)
+    return out
+
+
+def header(tasks: list[Task]) -> list[str]:
+    languages = sorted({t.language for t in tasks})
+    return (["model"] + [t.name for t in tasks] + [f"avg {lang.upper()}" for lang in languages]
+            + ["avg", "avg rank", "rel. impr. %", "expert-norm.", "chance-corr. acc"])
+
+
+def grid_table(grid_rows: list[dict[str, Any]], tasks: list[Task]) -> list[list[str]]:
+    out = []
+    for r in grid_rows:
+        cells = [r["model"], "" if r["seed"] is None else str(r["seed"]), r["point"],
+                 "" if r["dev_score"] is None else f"{r['dev_score']:.3f}",
+                 "yes" if r["selected"] else ""]
+        cells += ["missing" if r["status"] == "missing" else fmt(r.get(t.name)) for t in tasks]
+        cells.append(fmt(r.get("avg")))
+        out.append(cells)
+    return out
+
+
+def grid_header(tasks: list[Task]) -> list[str]:
+    return ["method", "seed", "point", "dev score", "selected"] + [t.name for t in tasks] + ["avg"]
+
+
+def write_data(folder: Path, rows, grid_rows, tasks, meta: dict[str, Any]) -> None:
+    frame(rows).to_csv(folder / "leaderboard.csv", index=False)
+    frame(grid_rows).to_csv(folder / "grid.csv", index=False)
+    clean = [{k: v for k, v in r.items() if not k.startswith("_") or k in ("_evals", "_link")}
+             for r in rows]
+    (folder / "leaderboard.json").write_text(json.dumps(
+        {**meta, "tasks": [t.__dict__ for t in tasks], "definitions": DEFINITIONS,
+         "rows": clean, "grid": grid_rows}, indent=2, ensure_ascii=False, default=str))
+
+
+def readme(folder: Path, rows, grid_rows, tasks, meta: dict[str, Any], plots: list[str]) -> None:
+    seeds = meta["seeds"]
+    lines = [f"# Leaderboard: {meta['recipe']}", "",
+             f"{meta['description']}", "",
+             f"Test split, zero-shot, lm-eval ({meta['backend']} backend); "
+             f"{len(seeds)} seed(s): {', '.join(map(str, seeds))}"
+             + (" (mean ± sample std over seeds)." if len(seeds) > 1 else "."),
+             "Every number below is read from the eval results in the run store "
+             "(`runs/<recipe>/eval/<key>/results.json`); each model links its provenance "
+             "(content keys, the mergekit or LLaMA-Factory YAML, versions).", "",
+             tabulate(headline(rows, tasks), headers=header(tasks), tablefmt="pipe",
+                      disable_numparse=True), ""]
+    missing = [r["model"] for r in rows if r["status"] in ("missing", "partial")]
+    if missing:
+        lines += [f"Missing or incomplete evals (shown, never filled): {', '.join(missing)}. "
+                  f"Run `make recipe={meta['recipe']}` to complete them.", ""]
+    if any(r["kind"] == "reported" for r in rows):
+        lines += ["Rows marked *(reported)* are numbers published elsewhere (source in "
+                  "leaderboard.csv), not measured here; they are not ranked.", ""]
+    lines += ["## Definitions", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS.items()] + [""]
+    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    lines += ["## Full grid (every grid point, every seed)", "",
+              tabulate(grid_table(grid_rows, tasks), headers=grid_header(tasks), tablefmt="pipe",
+                       disable_numparse=True), "",
+              f"Files: leaderboard.csv, leaderboard.json, grid.csv, index.html, plots/, models/. "
+              f"Rebuild: `make recipe={meta['recipe']}"
+              + (f" SEEDS={','.join(map(str, seeds))}`" if len(seeds) > 1 else "`"), ""]
+    (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def _html_table(head: list[str], body: list[list[str]], links: list[Optional[str]]) -> str:
+    cells = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
+    for row, link in zip(body, links):
+        first = html.escape(row[0])
+        if link:
+            first = f'<a href="{html.escape(link)}">{first}</a>'
+        rest = "".join(f"<td>{html.escape(c)}</td>" for c in row[1:])
+        cells.append(f"<tr><td>{first}</td>{rest}</tr>")
+    return "<table>\n" + "\n".join(cells) + "\n</table>"
+
+
+def index_html(folder: Path, rows, grid_rows, tasks, meta: dict[str, Any], plots: list[str]) -> None:
+    main = _html_table(header(tasks), headline(rows, tasks, link=False),
+                       [r.get("_link") for r in rows])
+    grid = _html_table(grid_header(tasks), grid_table(grid_rows, tasks), [None] * len(grid_rows))
+    defs = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>"
+                   for k, v in DEFINITIONS.items())
+    images = "".join(f'<figure><img src="{html.escape(p)}" alt="{html.escape(p)}"></figure>'
+                     for p in plots)
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Leaderboard: {html.escape(meta['recipe'])}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 14px; }}
+th, td {{ border: 1px solid #bbb; padding: 4px 8px; text-align: right; }}
+th {{ background: #eef; }} td:first-child, th:first-child {{ text-align: left; }}
+img {{ max-width: 100%; }}
+</style></head><body>
+<h1>Leaderboard: {html.escape(meta['recipe'])}</h1>
+<p>{html.escape(meta['description'])}</p>
+<p>Test split, zero-shot, lm-eval ({html.escape(meta['backend'])} backend), seeds
+{html.escape(', '.join(map(str, meta['seeds'])))}. Numbers are read from the eval results in the
+run store; each model links its provenance.</p>
+<h2>Results</h2>
+<div id="leaderboard">{main}</div>
+<h2>Definitions</h2><ul>{defs}</ul>
+<h2>Plots</h2>{images}
+<h2>Full grid</h2>
+<div id="grid">{grid}</div>
+</body></html>
+"""
+    (folder / "index.html").write_text(page, encoding="utf-8")

@@ -1,0 +1,142 @@
+"""The leaderboard stage: tables and plots from the eval results in the run store, published
+to leaderboard/<recipe>/.
+
+A leaderboard whose evals are all present is stored like any artifact (keyed by those evals)
+and copied to the published folder. With evals missing it is still written, missing rows
+marked, but not stored: the next run, with the evals done, builds it again.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harness.leaderboard import collect as C
+from harness.leaderboard import plots, render, table
+from harness.plan import Unit
+from harness.stages import Context, register
+
+log = logging.getLogger("harness")
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
+def write_provenance(ctx: Context, folder: Path, measured: list[C.Measured]) -> dict[str, str]:
+    """models/<model>.json per table row (every seed and grid point of it), with the YAMLs
+    that reproduce each model beside it. Returns row -> link."""
+    links: dict[str, str] = {}
+    by_row: dict[str, list[C.Measured]] = {}
+    for m in measured:
+        by_row.setdefault(m.row, []).append(m)
+    for row, ms in by_row.items():
+        slug = _slug(row)
+        records = []
+        for m in ms:
+            record = C.provenance(ctx, m)
+            tag = ("" if m.seed is None else f"seed{m.seed}") + (
+                f"_{_slug(m.point)}" if m.point and m.point != "search" else "")
+            record["files"] = {}
+            for name, src in C.recipe_files(ctx, m).items():
+                dst = folder / "models" / slug / (f"{tag}_{name}" if tag else name)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+                record["files"][name] = str(dst.relative_to(folder))
+            records.append(record)
+        path = folder / "models" / f"{slug}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(records, indent=2, ensure_ascii=False, default=str))
+        links[row] = str(path.relative_to(folder))
+    return links
+
+
+def copy_heatmaps(ctx: Context, folder: Path, measured: list[C.Measured]) -> list[str]:
+    """Hi-Merging's contribution heatmaps (layers x models, before and after resolution), as
+    the merge stage drew them."""
+    out = []
+    for m in measured:
+        if m.row == "hi_merging" and ctx.store.has("merge", m.model_key):
+            src = ctx.store.path("merge", m.model_key) / "heatmap.png"
+            if src.is_file():
+                name = f"plots/hi_merging_contributions_seed{m.seed}.png"
+                shutil.copyfile(src, folder / name)
+                out.append(name)
+    return out
+
+
+def write_leaderboard(ctx: Context, folder: Path, unit: Unit) -> dict[str, Any]:
+    tasks = C.leaf_tasks(ctx)
+    measured = C.collect(ctx)
+    rows = table.main_rows(measured, tasks) + table.reference_rows(
+        ctx.recipe.leaderboard.reference, tasks)
+    table.derive(rows, tasks)
+    grid_rows = table.grid_rows(measured, tasks)
+    links = write_provenance(ctx, folder, measured)
+    for r in rows:
+        r["_link"] = links.get(r["model"])
+    (folder / "plots").mkdir(exist_ok=True)
+    made = []
+    plots.bars(folder / "plots" / "tasks.png", rows, tasks)
+    made.append("plots/tasks.png")
+    if plots.grid(folder / "plots" / "grid.png", grid_rows):
+        made.append("plots/grid.png")
+    made += copy_heatmaps(ctx, folder, measured)
+    meta = {"recipe": ctx.recipe.name, "description": ctx.recipe.description,
+            "seeds": list(ctx.recipe.seeds), "leaderboard_key": unit.key,
+            "backend": ctx.plan["eval"][0].inputs["backend"] if ctx.plan["eval"] else ""}
+    render.write_data(folder, rows, grid_rows, tasks, meta)
+    render.readme(folder, rows, grid_rows, tasks, meta, made)
+    render.index_html(folder, rows, grid_rows, tasks, meta, made)
+    missing = [m for m in measured if m.missing]
+    return {"rows": len(rows), "grid_points": len(grid_rows), "missing_evals": len(missing),
+            "missing": [m.eval_unit.name for m in missing]}
+
+
+def published(ctx: Context) -> Path:
+    return ctx.project / "leaderboard" / ctx.recipe.name
+
+
+def publish(ctx: Context, source: Path) -> None:
+    """Replace leaderboard/<recipe>/ with `source`'s files (the manifest stays in the store)."""
+    target = published(ctx)
+    staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=target.parent))
+    try:
+        shutil.copytree(source, staging / "out", ignore=shutil.ignore_patterns("manifest.json"))
+        if target.exists():
+            shutil.rmtree(target)
+        (staging / "out").rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("leaderboard: published %s", target)
+
+
+@register("leaderboard")
+def build(ctx: Context, units: list[Unit]) -> None:
+    unit = units[0]
+    (ctx.project / "leaderboard").mkdir(exist_ok=True)
+    missing = [u for u in ctx.plan["eval"] if not ctx.store.has("eval", u.key)]
+    if missing:
+        log.warning("leaderboard: %d of %d evals missing; their rows are marked missing and this "
+                    "leaderboard is not cached", len(missing), len(ctx.plan["eval"]))
+        with tempfile.TemporaryDirectory() as tmp:
+            write_leaderboard(ctx, Path(tmp), unit)
+            publish(ctx, Path(tmp))
+        return
+    details: dict[str, Any] = {}
+    with ctx.store.build("leaderboard", unit.key, unit.inputs, unit.versions, details) as tmp:
+        details.update(write_leaderboard(ctx, tmp, unit))
+    publish(ctx, ctx.store.path("leaderboard", unit.key))
+
+
+def after(ctx: Context) -> None:
+    """Publish the stored leaderboard when the stage was cached but the folder is not it."""
+    unit = ctx.plan["leaderboard"][0]
+    stamp = published(ctx) / "leaderboard.json"
+    if ctx.store.has("leaderboard", unit.key):
+        current = json.loads(stamp.read_text()).get("leaderboard_key") if stamp.is_file() else None
+        if current != unit.key:
+            publish(ctx, ctx.store.path("leaderboard", unit.key))

@@ -1,0 +1,166 @@
+"""The leaderboard's numbers, computed from the collected evals exactly as DEFINITIONS say.
+
+One row per model (`model` column): base, each specialist, multitask, each method at its
+dev-selected grid point, hi_merging; reported reference rows last. Multi-seed recipes average
+each task over seeds (mean, sample std); every derived column is computed from those means.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import pandas as pd
+
+from harness.leaderboard.collect import Measured, Task, metric
+from harness.recipe import ReferenceRow
+
+DEFINITIONS = {
+    "task columns": "the task's primary metric on its TEST split: accuracy in % for multiple "
+                    "choice, ROUGE-L F1 (x100) for open QA; mean over seeds, `_std` the sample "
+                    "standard deviation over seeds, `_stderr` lm-eval's standard error (mean "
+                    "over seeds)",
+    "avg_<lang>": "mean of the task columns of that language",
+    "avg": "mean of all task columns",
+    "avg_rank": "mean over tasks of the row's rank on that task among measured rows "
+                "(1 = best, ties share the mean rank); reported rows are not ranked",
+    "rel_improvement_pct": "100 x (avg - avg of base) / avg of base",
+    "expert_normalised": "mean over tasks of 100 x row score / the best specialist's score on "
+                         "that task",
+    "<task>_cc": "chance-corrected accuracy, 100 x (acc - 1/k) / (1 - 1/k) with k options per "
+                 "item (0 = chance, 100 = perfect); multiple-choice tasks only",
+    "cc_avg": "mean of the <task>_cc columns",
+    "selection": "a baseline's grid point is the one with the best mean DEV score for its seed "
+                 "(the merge stage's dev scores: accuracy 0-1 for multiple choice, mean token "
+                 "log-likelihood for open QA); the full grid is in grid.csv",
+}
+KIND_ORDER = {"base": 0, "specialist": 1, "multitask": 2, "merge": 3, "reported": 4}
+
+
+def _mean(values: list[float]) -> Optional[float]:
+    return sum(values) / len(values) if values else None
+
+
+def _std(values: list[float]) -> Optional[float]:
+    if len(values) < 2:
+        return None
+    m = sum(values) / len(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def chance_corrected(acc: float, options: int) -> float:
+    return 100.0 * (acc / 100.0 - 1.0 / options) / (1.0 - 1.0 / options)
+
+
+def _n_options(group: list[Measured], task: Task) -> Optional[int]:
+    for m in group:
+        if m.results:
+            n = m.results.get("harness", {}).get("n_options", {}).get(task.data)
+            if n:
+                return int(n)
+    return None
+
+
+def main_rows(measured: list[Measured], tasks: list[Task]) -> list[dict[str, Any]]:
+    """One row per model over its seeds: the selected point of each method and seed."""
+    groups: dict[tuple[str, str], list[Measured]] = {}
+    for m in measured:
+        if m.selected:
+            groups.setdefault((m.kind, m.row), []).append(m)
+    rows = []
+    for (kind, name), group in groups.items():
+        done = [m for m in group if not m.missing]
+        seeds = sorted({m.seed for m in group if m.seed is not None})
+        status = "measured" if len(done) == len(group) else ("missing" if not done else "partial")
+        row: dict[str, Any] = {"model": name, "kind": kind, "status": status,
+                               "seeds": ",".join(map(str, seeds)), "n_evals": len(done)}
+        if kind == "merge" and name != "hi_merging":
+            row["selected_point"] = "; ".join(f"seed {m.seed}: {m.point}" for m in
+                                              sorted(group, key=lambda m: m.seed or 0))
+        for task in tasks:
+            values = [v for v, _, _ in (metric(m.results, task.name) for m in done) if v is not None]
+            errs = [e for _, e, _ in (metric(m.results, task.name) for m in done) if e is not None]
+            complete = status == "measured" and len(values) == len(done)
+            row[task.name] = _mean(values) if complete else None
+            row[f"{task.name}_std"] = _std(values) if complete else None
+            row[f"{task.name}_stderr"] = _mean(errs) if complete else None
+            k = _n_options(done, task)
+            if task.task_type == "mcqa" and k and row[task.name] is not None:
+                row[f"{task.name}_cc"] = chance_corrected(row[task.name], k)
+        row["_evals"] = [m.eval_unit.key for m in group]
+        rows.append(row)
+    rows.sort(key=lambda r: KIND_ORDER[r["kind"]])  # stable: the recipe's order within a kind
+    return rows
+
+
+def reference_rows(references: list[ReferenceRow], tasks: list[Task]) -> list[dict[str, Any]]:
+    rows = []
+    for ref in references:
+        row: dict[str, Any] = {"model": f"{ref.name} (reported)", "kind": "reported",
+                               "status": "reported", "source": ref.source}
+        for task in tasks:
+            row[task.name] = ref.scores.get(task.name)
+        rows.append(row)
+    return rows
+
+
+def derive(rows: list[dict[str, Any]], tasks: list[Task]) -> None:
+    """Fill the derived columns of every measured row in place (see DEFINITIONS)."""
+    names = [t.name for t in tasks]
+    languages = sorted({t.language for t in tasks})
+    measured = [r for r in rows if r["kind"] != "reported"]
+    for r in rows:
+        for lang in languages:
+            vals = [r.get(t.name) for t in tasks if t.language == lang]
+            r[f"avg_{lang}"] = _mean(vals) if all(v is not None for v in vals) else None
+        vals = [r.get(n) for n in names]
+        r["avg"] = _mean(vals) if all(v is not None for v in vals) else None
+    base = next((r for r in measured if r["kind"] == "base"), None)
+    best = {n: max((r[n] for r in measured if r["kind"] == "specialist" and r.get(n) is not None),
+                   default=None) for n in names}
+    ranks = {n: _ranks([(i, r.get(n)) for i, r in enumerate(measured)]) for n in names}
+    for i, r in enumerate(measured):
+        per_task = [ranks[n].get(i) for n in names]
+        r["avg_rank"] = _mean(per_task) if all(p is not None for p in per_task) else None
+        r["rel_improvement_pct"] = (100.0 * (r["avg"] - base["avg"]) / base["avg"]
+                                    if base and base["avg"] and r["avg"] is not None else None)
+        norm = [100.0 * r[n] / best[n] for n in names if r.get(n) is not None and best[n]]
+        r["expert_normalised"] = _mean(norm) if len(norm) == len(names) else None
+        cc = [r[f"{t.name}_cc"] for t in tasks if f"{t.name}_cc" in r]
+        r["cc_avg"] = _mean(cc) if cc else None
+
+
+def _ranks(values: list[tuple[int, Optional[float]]]) -> dict[int, float]:
+    """Rank 1 = highest; ties share the mean of their ranks; missing values are not ranked."""
+    present = sorted([(v, i) for i, v in values if v is not None], key=lambda x: -x[0])
+    out, pos = {}, 0
+    while pos < len(present):
+        end = pos
+        while end + 1 < len(present) and present[end + 1][0] == present[pos][0]:
+            end += 1
+        for k in range(pos, end + 1):
+            out[present[k][1]] = (pos + end) / 2 + 1
+        pos = end + 1
+    return out
+
+
+def grid_rows(measured: list[Measured], tasks: list[Task]) -> list[dict[str, Any]]:
+    """Every merge the recipe built, per seed: its dev score, test numbers and selection."""
+    rows = []
+    for m in measured:
+        if m.kind != "merge":
+            continue
+        row: dict[str, Any] = {"model": m.row, "seed": m.seed, "point": m.point,
+                               **{f"param_{k}": v for k, v in m.params.items()},
+                               "dev_score": m.dev_score,
+                               "selected": m.selected,
+                               "status": "missing" if m.missing else "measured"}
+        for task in tasks:
+            row[task.name] = None if m.missing else metric(m.results, task.name)[0]
+        vals = [row[t.name] for t in tasks]
+        row["avg"] = _mean(vals) if all(v is not None for v in vals) else None
+        rows.append(row)
+    return rows
+
+
+def frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])

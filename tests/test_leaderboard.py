@@ -1,0 +1,195 @@
+"""The leaderboard stage on planted eval results (our own table logic), and index.html in
+headless Chromium. The end-to-end run with every real tool is tests/test_end_to_end.py."""
+import csv
+import json
+import math
+import random
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.plan import build_plan
+from harness.recipe import parse_recipe
+from harness.stages import Context, run_stage
+from harness.store import Store
+
+from conftest import PROJECT
+
+TASKS = {"synth_mcqa_en": ("synthetic_mcqa_en", 4), "synth_mcqa_zh": ("synthetic_mcqa_zh", 5)}
+
+
+def recipe_data(seeds) -> dict:
+    data = yaml.safe_load((PROJECT / "recipes" / "tiny_en_zh.yaml").read_text())
+    data["seeds"] = list(seeds)
+    data["leaderboard"] = {"reference": [{"name": "paper", "source": "a paper, table 2",
+                                          "scores": {"synth_mcqa_en": 99.0}}]}
+    return data
+
+
+def make_project(tmp: Path) -> Path:
+    project = tmp / "project"
+    project.mkdir()
+    (project / "tasks").symlink_to(PROJECT / "tasks", target_is_directory=True)
+    return project
+
+
+def plant(ctx: Context, rng: random.Random, skip: set[str] = frozenset()) -> dict[str, dict]:
+    """Merge manifests with dev scores, and one results.json per eval unit (random numbers)."""
+    for unit in ctx.plan["merge"]:
+        with ctx.store.build("merge", unit.key, unit.inputs, unit.versions,
+                             {"dev_scores": {"synth_mcqa_en": rng.random(),
+                                             "synth_mcqa_zh": rng.random()}}) as tmp:
+            (tmp / "mergekit.yaml").write_text("merge_method: planted\n")
+    planted = {}
+    for unit in ctx.plan["eval"]:
+        if unit.key in skip:
+            continue
+        results = {t: {"acc,none": rng.random(), "acc_stderr,none": rng.random() / 50,
+                       "alias": t} for t in TASKS}
+        meta = {"n_options": {d: k for d, k in TASKS.values()}, "backend": "hf"}
+        with ctx.store.build("eval", unit.key, unit.inputs, unit.versions) as tmp:
+            (tmp / "results.json").write_text(json.dumps({"harness": meta, "results": results}))
+        planted[unit.key] = results
+    return planted
+
+
+@pytest.fixture
+def board(tmp_path):
+    project = make_project(tmp_path)
+    recipe = parse_recipe(recipe_data([0, 1]))
+    ctx = Context(recipe, Store(tmp_path / "runs", recipe.name),
+                  build_plan(recipe, PROJECT / "requirements"), project)
+    planted = plant(ctx, random.Random(7))
+    run_stage(ctx, "leaderboard")
+    return ctx, planted, project / "leaderboard" / recipe.name
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def num(text: str):
+    return float(text) if text not in ("", None) else None
+
+
+def test_table_numbers_are_the_eval_numbers(board):
+    ctx, planted, folder = board
+    rows = {r["model"]: r for r in read_csv(folder / "leaderboard.csv")}
+    names = {"base", "en_mcqa", "zh_mcqa", "linear", "task_arithmetic", "ties", "dare_ties",
+             "dare_linear", "breadcrumbs", "della", "hi_merging", "paper (reported)"}
+    assert set(rows) == names
+    # recompute every measured cell from the planted results.json files
+    producers = {u.key: u for s in ("specialists", "merge") for u in ctx.plan[s]}
+    dev = {u.key: ctx.store.manifest("merge", u.key)["details"]["dev_scores"]
+           for u in ctx.plan["merge"]}
+    expected: dict[str, list[dict]] = {}
+    for unit in ctx.plan["eval"]:
+        producer = producers.get(unit.inputs["model"]["key"])
+        if producer is None or "corpus" in producer.inputs:  # the tiny base
+            name = "base"
+        elif "specialist" in producer.inputs:
+            name = producer.inputs["specialist"]["name"]
+        else:
+            name = producer.inputs["method"]
+            if name != "hi_merging":  # only the best-on-dev point of each seed counts
+                rivals = [u for u in ctx.plan["merge"] if u.inputs["method"] == name
+                          and u.inputs["seed"] == producer.inputs["seed"]]
+                best = max(rivals, key=lambda u: sum(dev[u.key].values()))
+                if best.key != producer.key:
+                    continue
+        expected.setdefault(name, []).append(planted[unit.key])
+    for name, results in expected.items():
+        row = rows[name]
+        assert row["status"] == "measured"
+        assert len(results) == (1 if name == "base" else 2)
+        for task, (_, k) in TASKS.items():
+            values = [100 * r[task]["acc,none"] for r in results]
+            mean = sum(values) / len(values)
+            assert num(row[task]) == pytest.approx(mean, abs=1e-9)
+            if len(values) > 1:
+                std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+                assert num(row[f"{task}_std"]) == pytest.approx(std, abs=1e-9)
+            assert num(row[f"{task}_cc"]) == pytest.approx(100 * (mean / 100 - 1 / k) / (1 - 1 / k))
+        avg = sum(num(row[t]) for t in TASKS) / len(TASKS)
+        assert num(row["avg"]) == pytest.approx(avg)
+        base_avg = num(rows["base"]["avg"])
+        assert num(row["rel_improvement_pct"]) == pytest.approx(100 * (avg - base_avg) / base_avg)
+        best = {t: max(num(rows[s][t]) for s in ("en_mcqa", "zh_mcqa")) for t in TASKS}
+        assert num(row["expert_normalised"]) == pytest.approx(
+            sum(100 * num(row[t]) / best[t] for t in TASKS) / len(TASKS))
+    # average rank over the measured rows, the reported row unranked
+    measured = [n for n in rows if n != "paper (reported)"]
+    for name in measured:
+        ranks = [1 + sum(num(rows[o][t]) > num(rows[name][t]) for o in measured) for t in TASKS]
+        assert num(rows[name]["avg_rank"]) == pytest.approx(sum(ranks) / len(ranks))
+    ref = rows["paper (reported)"]
+    assert ref["kind"] == "reported" and num(ref["synth_mcqa_en"]) == 99.0
+    assert ref["avg_rank"] == "" and ref["rel_improvement_pct"] == ""
+    text = (folder / "README.md").read_text()
+    assert "(reported)" in text and "missing" not in text.split("## Definitions")[0]
+
+
+def test_outputs_and_provenance(board):
+    ctx, _, folder = board
+    for name in ("README.md", "leaderboard.csv", "leaderboard.json", "grid.csv", "index.html",
+                 "plots/tasks.png", "plots/grid.png"):
+        assert (folder / name).is_file(), name
+    data = json.loads((folder / "leaderboard.json").read_text())
+    ties = next(r for r in data["rows"] if r["model"] == "ties")
+    records = json.loads((folder / ties["_link"]).read_text())
+    assert {r["seed"] for r in records} == {0, 1} and len(records) == 6  # 3 grid points x 2 seeds
+    assert all((folder / f).is_file() for r in records for f in r["files"].values())
+    assert all(r["model_manifest"]["inputs"]["method"] == "ties" for r in records)
+    grid = read_csv(folder / "grid.csv")
+    assert len(grid) == len(ctx.plan["merge"])
+    assert sum(r["selected"] == "True" for r in grid if r["model"] == "ties") == 2  # one per seed
+    # the stored leaderboard is cached; a deleted published folder comes back on the next run
+    shutil.rmtree(folder)
+    assert run_stage(ctx, "leaderboard") == []
+    assert (folder / "README.md").is_file()
+
+
+def test_missing_eval_is_shown_missing_and_not_cached(tmp_path):
+    project = make_project(tmp_path)
+    recipe = parse_recipe(recipe_data([0]))
+    ctx = Context(recipe, Store(tmp_path / "runs", recipe.name),
+                  build_plan(recipe, PROJECT / "requirements"), project)
+    hi = next(u for u in ctx.plan["eval"] if "hi_merging" in u.name)
+    plant(ctx, random.Random(3), skip={hi.key})
+    run_stage(ctx, "leaderboard")
+    folder = project / "leaderboard" / recipe.name
+    rows = {r["model"]: r for r in read_csv(folder / "leaderboard.csv")}
+    assert rows["hi_merging"]["status"] == "missing"
+    assert rows["hi_merging"]["synth_mcqa_en"] == "" and rows["hi_merging"]["avg"] == ""
+    assert re.search(r"\[hi_merging\]\([^)]*\) \(missing\) +\| missing +\| missing",
+                     (folder / "README.md").read_text())
+    assert not ctx.store.has("leaderboard", ctx.plan["leaderboard"][0].key)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make setup installs it)")
+def test_index_html_renders_in_headless_chromium(board, tmp_path):
+    from PIL import Image
+
+    _, _, folder = board
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    url = (folder / "index.html").as_uri()
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1400,1000", url],
+                   check=True, capture_output=True, timeout=120)
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], check=True, capture_output=True,
+                         text=True, timeout=120).stdout
+    assert '<div id="leaderboard"><table>' in dom and "hi_merging" in dom and "<img" in dom
+    image = Image.open(shot).convert("L")
+    assert image.size == (1400, 1000)
+    lo, hi = image.getextrema()
+    assert hi - lo > 100  # text and table lines, not a blank page
