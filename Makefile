@@ -30,7 +30,7 @@ ARGS = --recipe $(recipe)$(if $(SEEDS), --seeds $(SEEDS))
 
 .DEFAULT_GOAL := all
 .PHONY: all run setup test bench validate plan install-harness lock lock-train lock-eval \
-        docker clean-envs $(STAGES)
+        docker clean-envs browser $(STAGES)
 
 ## all: every stage of the recipe, in order (each skips what is cached)
 all: setup
@@ -64,7 +64,11 @@ $(EVAL_STAMP):
 install-harness: $(EVAL_STAMP)
 	scripts/install_harness.sh $(EVAL_ENV)
 
-test: setup
+## browser: headless Chromium for the index.html render test (Debian package)
+browser:
+	scripts/install_browser.sh
+
+test: setup browser
 	$(EVAL_ENV)/bin/python -m pytest -q tests
 
 ## bench: speed figures measured in one run (ratios and medians, not timed tests)
@@ -73,6 +77,7 @@ bench: setup
 	VLLM_LOGGING_LEVEL=WARNING $(EVAL_ENV)/bin/python bench/contribution_speed.py
 	VLLM_LOGGING_LEVEL=WARNING $(EVAL_ENV)/bin/python bench/eval_throughput.py hf
 	VLLM_LOGGING_LEVEL=WARNING $(EVAL_ENV)/bin/python bench/eval_throughput.py vllm
+	$(EVAL_ENV)/bin/python bench/tiny_recipe.py
 
 ## lock: re-resolve requirements/*.in into the lock files (needs the package index)
 lock: lock-train lock-eval

@@ -121,7 +121,10 @@ def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
                       "seed": seed}
             if spec.method == "hi_merging":
                 # Its search scores candidates on the dev split, so the scorer shapes the output.
-                points = [{"options": spec.options, "scorer": recipe.scorer.model_dump(),
+                # `auto` is resolved here: a GPU and a CPU host score with different engines.
+                scorer = {**recipe.scorer.model_dump(),
+                          "backend": resolve_backend(recipe.scorer.backend)}
+                points = [{"options": spec.options, "scorer": scorer,
                            "dev_data": sorted(data_keys.values())}]
             else:
                 points = [{"params": p} for p in grid_points(spec)]

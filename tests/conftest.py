@@ -24,6 +24,8 @@ def harness_bin() -> list[str]:
 def runs_dir(tmp_path, monkeypatch) -> Path:
     runs = tmp_path / "runs"
     monkeypatch.setenv("HARNESS_RUNS_DIR", str(runs))
+    # a test's leaderboard never replaces the published leaderboard/<recipe>/
+    monkeypatch.setenv("HARNESS_LEADERBOARD_DIR", str(tmp_path / "leaderboard"))
     return runs
 
 

@@ -170,6 +170,22 @@ def test_missing_eval_is_shown_missing_and_not_cached(tmp_path):
                      (folder / "README.md").read_text())
     assert not ctx.store.has("leaderboard", ctx.plan["leaderboard"][0].key)
 
+    # the eval arrives: the next run completes, caches and publishes the table
+    with ctx.store.build("eval", hi.key, hi.inputs, hi.versions) as tmp:
+        (tmp / "results.json").write_text(json.dumps({"harness": {}, "results": {
+            t: {"acc,none": 0.5} for t in TASKS}}))
+    assert run_stage(ctx, "leaderboard")
+    rows = {r["model"]: r for r in read_csv(folder / "leaderboard.csv")}
+    assert rows["hi_merging"]["status"] == "measured" and float(rows["hi_merging"]["avg"]) == 50.0
+    # a second seed before its evals exist: the complete published table is kept, and the
+    # partial one goes aside
+    recipe2 = parse_recipe(recipe_data([0, 1]))
+    ctx2 = Context(recipe2, ctx.store, build_plan(recipe2, PROJECT / "requirements"), project)
+    run_stage(ctx2, "leaderboard")
+    assert read_csv(folder / "leaderboard.csv") == list(rows.values())
+    partial = ctx.store.stage_dir("leaderboard") / "partial" / "leaderboard.csv"
+    assert {r["model"]: r for r in read_csv(partial)}["hi_merging"]["status"] == "partial"
+
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -16,7 +16,8 @@ def _plt():
 
 
 def bars(path: Path, rows: list[dict[str, Any]], tasks: list[Task]) -> None:
-    """One group per task, one bar per model (mean over seeds, std as the error bar)."""
+    """One group per task, one bar per model: mean over seeds, with the std over seeds as the
+    error bar (lm-eval's standard error for a single seed)."""
     import numpy as np
 
     plt = _plt()
@@ -28,7 +29,7 @@ def bars(path: Path, rows: list[dict[str, Any]], tasks: list[Task]) -> None:
     cmap = plt.get_cmap("tab20")
     for i, r in enumerate(shown):
         values = [r.get(t.name) or 0.0 for t in tasks]
-        errs = [r.get(f"{t.name}_std") or 0.0 for t in tasks]
+        errs = [r.get(f"{t.name}_std") or r.get(f"{t.name}_stderr") or 0.0 for t in tasks]
         ax.bar(x + (i - (len(shown) - 1) / 2) * width, values, width, yerr=errs,
                label=r["model"], color=cmap(i % 20), capsize=2)
     ax.set_xticks(x, [t.name for t in tasks])
@@ -55,8 +56,12 @@ def grid(path: Path, grid_rows: list[dict[str, Any]]) -> bool:
     if not swept:
         return False
     plt = _plt()
-    fig, axes = plt.subplots(1, len(swept), figsize=(3.2 * len(swept), 3.0), squeeze=False)
-    for ax, (method, (rows, axis)) in zip(axes[0], swept.items()):
+    cols = min(4, len(swept))
+    nrows = -(-len(swept) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 2.9 * nrows), squeeze=False)
+    for ax in axes.flat[len(swept):]:
+        ax.set_visible(False)
+    for ax, (method, (rows, axis)) in zip(axes.flat, swept.items()):
         for seed in sorted({r["seed"] for r in rows}):
             pts = sorted((r[axis], r["avg"], r["selected"]) for r in rows if r["seed"] == seed)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"seed {seed}")

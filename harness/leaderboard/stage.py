@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -86,6 +87,7 @@ def write_leaderboard(ctx: Context, folder: Path, unit: Unit) -> dict[str, Any]:
         made.append("plots/grid.png")
     made += copy_heatmaps(ctx, folder, measured)
     meta = {"recipe": ctx.recipe.name, "description": ctx.recipe.description,
+            "complete": not any(m.missing for m in measured),
             "seeds": list(ctx.recipe.seeds), "leaderboard_key": unit.key,
             "backend": ctx.plan["eval"][0].inputs["backend"] if ctx.plan["eval"] else ""}
     render.write_data(folder, rows, grid_rows, tasks, meta)
@@ -97,12 +99,21 @@ def write_leaderboard(ctx: Context, folder: Path, unit: Unit) -> dict[str, Any]:
 
 
 def published(ctx: Context) -> Path:
-    return ctx.project / "leaderboard" / ctx.recipe.name
+    """leaderboard/<recipe>/ (HARNESS_LEADERBOARD_DIR moves it, e.g. for a scratch run)."""
+    root = os.environ.get("HARNESS_LEADERBOARD_DIR") or ctx.project / "leaderboard"
+    return Path(root) / ctx.recipe.name
 
 
-def publish(ctx: Context, source: Path) -> None:
-    """Replace leaderboard/<recipe>/ with `source`'s files (the manifest stays in the store)."""
-    target = published(ctx)
+def is_complete(folder: Path) -> bool:
+    stamp = folder / "leaderboard.json"
+    return stamp.is_file() and json.loads(stamp.read_text()).get("complete", False)
+
+
+def publish(ctx: Context, source: Path, target: Path | None = None) -> None:
+    """Replace leaderboard/<recipe>/ (or `target`) with `source`'s files (the manifest stays
+    in the store)."""
+    target = target or published(ctx)
+    target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=target.parent))
     try:
         shutil.copytree(source, staging / "out", ignore=shutil.ignore_patterns("manifest.json"))
@@ -117,14 +128,20 @@ def publish(ctx: Context, source: Path) -> None:
 @register("leaderboard")
 def build(ctx: Context, units: list[Unit]) -> None:
     unit = units[0]
-    (ctx.project / "leaderboard").mkdir(exist_ok=True)
     missing = [u for u in ctx.plan["eval"] if not ctx.store.has("eval", u.key)]
     if missing:
         log.warning("leaderboard: %d of %d evals missing; their rows are marked missing and this "
                     "leaderboard is not cached", len(missing), len(ctx.plan["eval"]))
+        if is_complete(published(ctx)):
+            # never replace a complete published table with a partial one
+            target = ctx.store.stage_dir("leaderboard") / "partial"
+            log.warning("leaderboard: %s holds a complete leaderboard; the partial one goes to %s",
+                        published(ctx), target)
+        else:
+            target = None
         with tempfile.TemporaryDirectory() as tmp:
             write_leaderboard(ctx, Path(tmp), unit)
-            publish(ctx, Path(tmp))
+            publish(ctx, Path(tmp), target)
         return
     details: dict[str, Any] = {}
     with ctx.store.build("leaderboard", unit.key, unit.inputs, unit.versions, details) as tmp:

@@ -114,6 +114,7 @@ class HiMerging:
     options: Options
     cache: ScoreCache = field(default_factory=lambda: ScoreCache(None))
     decisions: list[dict] = field(default_factory=list)
+    progress: Any = None  # a tqdm bar counting scored candidates (cache hits included)
 
     # ------------------------------------------------------------- scoring
     def S(self, spec: Spec, model: str) -> float:
@@ -123,6 +124,8 @@ class HiMerging:
         if value is None:
             value = float(self.score_tensors(self.candidates.build(spec), task))
             self.cache.put(key, value)
+        if self.progress is not None:
+            self.progress.update(1)
         return value
 
     @property
@@ -241,11 +244,18 @@ class HiMerging:
 
     # ------------------------------------------------------------- the whole method
     def run(self) -> dict[str, Any]:
-        parts = {m: self.model_wise(m) for m in self.models}
-        merged: Spec = {g: dict(parts) for g in self.groups}  # step 2: the initial TIES merge
-        table = self.contributions(parts, merged)
-        final = self.resolve(parts, merged, table)
-        final_table = self.contributions(parts, final, table["specialist"])
+        from tqdm import tqdm
+
+        with tqdm(desc="hi_merging candidates", unit="score") as self.progress:
+            parts = {m: self.model_wise(m) for m in self.models}
+            log.info("hi_merging: step 1 model-wise (prune, scale): %s", parts)
+            merged: Spec = {g: dict(parts) for g in self.groups}  # step 2: initial TIES merge
+            table = self.contributions(parts, merged)
+            log.info("hi_merging: step 3 layer conflicts Γ: %s",
+                     {l: round(v, 4) for l, v in table["Gamma"].items()})
+            final = self.resolve(parts, merged, table)
+            final_table = self.contributions(parts, final, table["specialist"])
+        self.progress = None
         return {"model_wise": parts, "initial": merged, "final": final, "contributions": table,
                 "contributions_after": final_table, "decisions": self.decisions,
                 "dev_final": {m: self.S(final, m) for m in self.models}}
