@@ -67,7 +67,31 @@ class VLLMScorer:
 
     def mcqa_accuracy(self, records: list[dict[str, Any]]) -> float:
         pairs = self.requests.mcqa(records)
+        if all(len(p.continuation) == 1 for p in pairs):
+            return accuracy(records, pairs, self.next_token_logliks(pairs))
         return accuracy(records, pairs, self.logliks(pairs))
+
+    def next_token_logliks(self, pairs: list[Pair]) -> list[float]:
+        """Single-token choices (option letters): ONE forward pass per item, the choices'
+        next-token log-probs restricted to them (`allowed_token_ids`; the argmax is the same
+        as over the full vocabulary), instead of one prompt-log-prob pass per option."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        items: dict[int, list[int]] = {}
+        contexts: dict[int, list[int]] = {}
+        for p in pairs:
+            items.setdefault(p.item, []).append(p.continuation[0])
+            contexts[p.item] = p.context
+        order = list(items)
+        prompts = [TokensPrompt(prompt_token_ids=contexts[i]) for i in order]
+        params = [SamplingParams(max_tokens=1, temperature=0, logprobs=len(set(items[i])),
+                                 allowed_token_ids=sorted(set(items[i])), detokenize=False)
+                  for i in order]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        by_item = {i: o.outputs[0].logprobs[0] for i, o in zip(order, outputs)}
+        return [by_item[p.item][p.continuation[0]].logprob
+                if p.continuation[0] in by_item[p.item] else float("-inf") for p in pairs]
 
     def qa_loglik(self, records: list[dict[str, Any]]) -> float:
         pairs = self.requests.qa(records)
