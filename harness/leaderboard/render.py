@@ -31,8 +31,10 @@ def headline(rows: list[dict[str, Any]], tasks: list[Task], link: bool = True) -
             name += f" ({r['status']})"
         cells = [name]
         for t in tasks:
-            cells.append("missing" if r["status"] == "missing" else
-                         fmt(r.get(t.name), r.get(f"{t.name}_std")))
+            cell = fmt(r.get(t.name), r.get(f"{t.name}_std"))
+            if cell and r.get(f"{t.name}_stderr") is not None:
+                cell += f" (se {r[f'{t.name}_stderr']:.1f})"
+            cells.append("missing" if r["status"] == "missing" else cell)
         cells += [fmt(r.get(f"avg_{lang}")) for lang in languages]
         cells += [fmt(r.get("avg")), fmt(r.get("avg_rank")), fmt(r.get("rel_improvement_pct")),
                   fmt(r.get("expert_normalised")), fmt(r.get("cc_avg"))]

@@ -16,9 +16,9 @@ from harness.recipe import ReferenceRow
 
 DEFINITIONS = {
     "task columns": "the task's primary metric on its TEST split: accuracy in % for multiple "
-                    "choice, ROUGE-L F1 (x100) for open QA; mean over seeds, `_std` the sample "
-                    "standard deviation over seeds, `_stderr` lm-eval's standard error (mean "
-                    "over seeds)",
+                    "choice, ROUGE-L F1 (x100) for open QA; mean over seeds, ± (`_std`) the "
+                    "sample standard deviation over seeds, se (`_stderr`) lm-eval's standard "
+                    "error (mean over seeds)",
     "avg_<lang>": "mean of the task columns of that language",
     "avg": "mean of all task columns",
     "avg_rank": "mean over tasks of the row's rank on that task among measured rows "
