@@ -52,6 +52,8 @@ def test_hf_and_vllm_scorers_agree(family):
             before = scorer.stats()["tensors_moved"]
             scorer.score(candidates.build({**full, 2: {"m1": (1.0, 1.0)}}), "en")
             moved[backend] = scorer.stats()["tensors_moved"] - before
+            if backend == "vllm":
+                check_prefix_cache(scorer.engine, dev["en"][0])
         finally:
             scorer.close()
     for hf_row, v_row in zip(scores["hf"], scores["vllm"]):
@@ -61,6 +63,20 @@ def test_hf_and_vllm_scorers_agree(family):
         assert abs(hf_row[3] - v_row[3]) <= 1 / 40 + 1e-9
     assert scores["hf"][0] == scores["hf"][-1]  # back to the base: the same scores again
     assert moved == {"hf": len(candidates.groups[2]), "vllm": len(candidates.groups[2])}
+
+
+def check_prefix_cache(engine, records):
+    """Options after the first of a question read its KV blocks from the prefix cache; the
+    log-likelihoods equal a no-cache pass, also for a continuation the cache reaches into."""
+    from harness.scoring.requests import Pair
+
+    pairs = engine.requests.mcqa(records)
+    long = Pair(len(records), pairs[0].context[:8], pairs[0].context[8:80])
+    pairs += [long, Pair(len(records), long.context, long.continuation + [5])]
+    engine.llm.reset_prefix_cache()
+    cached = engine.logliks(pairs)
+    plain = engine._score(pairs, list(range(len(pairs))), [None] * len(pairs), cached=False)
+    assert cached == pytest.approx(plain, abs=1e-4)
 
 
 def test_hf_scorer_reuses_lower_layers_with_identical_scores(family):

