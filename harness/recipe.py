@@ -221,10 +221,14 @@ class ScorerSpec(Strict):
 
 
 class ExecutorSpec(Strict):
+    """Where units run (harness/executor.py): `local` (workers: 1 = this process, N = a pool of
+    N processes) or `ray` (also chosen when RAY_ADDRESS is set)."""
     kind: Literal["local", "ray"] = "local"
     workers: int = Field(1, gt=0)
-    num_gpus: float = Field(0, ge=0)
-    address: Optional[str] = None
+    num_gpus: float = Field(0, ge=0)     # per unit, on Ray
+    cpus_per_unit: Optional[int] = Field(None, gt=0)  # Ray CPUs and torch threads per unit
+    retries: int = Field(1, ge=0)        # a unit that raises is run this many more times
+    address: Optional[str] = None        # Ray cluster; default RAY_ADDRESS, else a local instance
     # Multi-GPU training through LLaMA-Factory's torchrun launch (NPROC_PER_NODE / NNODES;
     # MASTER_ADDR / MASTER_PORT come from the environment). DeepSpeed: a `deepspeed:` config
     # path in a specialist's `llamafactory` overrides.

@@ -42,23 +42,39 @@ def reduced_recipe() -> dict:
     return data
 
 
-def test_reduced_tiny_recipe_end_to_end(tmp_path):
-    project = tmp_path / "project"
-    project.mkdir()
+def run_all(root: Path, data: dict) -> Context:
+    """Every stage of the recipe into a fresh run store and project folder under root."""
+    project = root / "project"
+    project.mkdir(parents=True)
     (project / "tasks").symlink_to(PROJECT / "tasks", target_is_directory=True)
-    recipe = parse_recipe(reduced_recipe())
-    ctx = Context(recipe, Store(tmp_path / "runs", recipe.name),
+    recipe = parse_recipe(data)
+    ctx = Context(recipe, Store(root / "runs", recipe.name),
                   build_plan(recipe, PROJECT / "requirements"), project)
     for stage in STAGES:
         built = run_stage(ctx, stage)
         assert len(built) == len(ctx.plan[stage]), stage  # nothing was cached before
+    return ctx
+
+
+def read_board(ctx: Context) -> dict[str, dict[str, str]]:
+    with open(ctx.project / "leaderboard" / ctx.recipe.name / "leaderboard.csv", newline="") as fh:
+        return {r["model"]: r for r in csv.DictReader(fh)}
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    return run_all(tmp_path_factory.mktemp("local"), reduced_recipe())
+
+
+def test_reduced_tiny_recipe_end_to_end(local_run):
+    ctx = local_run
+    recipe, project = ctx.recipe, ctx.project
     hi = next(u for u in ctx.plan["merge"] if u.inputs["method"] == "hi_merging")
     assert (ctx.store.path("merge", hi.key) / "contributions.json").is_file()
     assert ctx.store.manifest("merge", hi.key)["details"]["scorer"]["backend"] == "vllm"
 
     folder = project / "leaderboard" / recipe.name
-    with open(folder / "leaderboard.csv", newline="") as fh:
-        rows = {r["model"]: r for r in csv.DictReader(fh)}
+    rows = read_board(ctx)
     assert set(rows) == {"base", "en_mcqa", "zh_mcqa", "linear", "ties", "hi_merging"}
     # each single-seed cell is its eval's accuracy, read back from that eval's results.json
     board = json.loads((folder / "leaderboard.json").read_text())
@@ -73,3 +89,20 @@ def test_reduced_tiny_recipe_end_to_end(tmp_path):
     # nothing changed: every stage is cached
     for stage in STAGES:
         assert run_stage(ctx, stage) == [], stage
+
+
+def test_ray_executor_gives_the_same_leaderboard(local_run, tmp_path, monkeypatch):
+    """The same recipe with `executor: ray` on a local Ray instance (2 CPUs; every unit a Ray
+    task in a worker process), into its own run store: the same leaderboard numbers."""
+    ray = pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    data = reduced_recipe()
+    # 2 CPUs a unit: the same torch thread count as the local run on this 2-core machine
+    data["executor"] = {"kind": "ray", "cpus_per_unit": os.cpu_count() or 1}
+    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False)
+    try:
+        ctx = run_all(tmp_path, data)
+    finally:
+        ray.shutdown()
+    local, on_ray = read_board(local_run), read_board(ctx)
+    assert on_ray == local  # every row and column: scores, ranks, selected grid points

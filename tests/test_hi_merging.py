@@ -97,3 +97,30 @@ def test_identical_candidates_are_scored_once_and_resume(tmp_path):
     again = method(tmp_path / "two")
     again.cache = ScoreCache(cache)  # a re-run (e.g. after a kill) finds every score on disk
     assert again.run()["final"] == first["final"] and again.cache.misses == 0
+
+
+def test_batched_candidates_give_the_same_search(tmp_path):
+    """With a batch scorer (candidates spread over scoring processes), each step hands over
+    every candidate it will ask for; the search and its decisions are the same, every
+    candidate goes through a batch, and none is scored twice."""
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    plain = method(tmp_path / "one")
+    expected = plain.run()
+    hm = method(tmp_path / "two")
+    single = hm.score_tensors
+    batches = []
+
+    def score_batch(items):
+        batches.append(len(items))
+        return [single(hm.candidates.build(spec), task) for spec, task in items]
+
+    def not_called(tensors, task):
+        raise AssertionError("a candidate was scored outside a batch")
+
+    hm.score_batch, hm.score_tensors = score_batch, not_called
+    result = hm.run()
+    assert result["final"] == expected["final"] and result["decisions"] == expected["decisions"]
+    assert result["contributions"] == expected["contributions"]
+    assert sum(batches) == hm.cache.misses == plain.cache.misses
+    assert max(batches) > 10  # the contribution analysis went as one batch

@@ -61,7 +61,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_lock_files_pin_every_package():
-    for lock in ("train.lock", "eval-cpu.lock"):
+    for lock in ("train.lock", "eval-cpu.lock", "lint.lock"):
         lines = [line for line in (PROJECT / "requirements" / lock).read_text().splitlines()
                  if line and not line.startswith("#")]
         assert lines and all(re.match(r"^[A-Za-z0-9._-]+==\S+$", line) for line in lines), lock

@@ -98,3 +98,46 @@ def test_hf_scorer_reuses_lower_layers_with_identical_scores(family):
     assert results[True] == results[False]
     # candidate 2 changes only layer 3: layers 0-2 of every batch come from the cache
     assert stats["layers_reused"] > 0 and stats["layers_computed"] > 0
+
+
+@pytest.mark.parametrize("where", ["local", "ray"])
+def test_scorer_pool_matches_one_resident_scorer(family, tmp_path, where, monkeypatch):
+    """Candidates spread over two scoring processes (a local pool, or Ray actors on a local
+    Ray instance), each building them from their specs: the same scores as one scorer here."""
+    from harness.data.records import write_jsonl
+    from harness.recipe import ExecutorSpec
+    from harness.scoring.candidates import CandidateScorer
+    from harness.scoring.pool import ScorerPool, ScorerSetup
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    base_dir, models, dev = family
+    tasks = {"en": dev["en"], "qa": dev["qa"]}
+    paths = {t: tmp_path / f"{t}.jsonl" for t in tasks}
+    for t, (records, _) in tasks.items():
+        write_jsonl(paths[t], records)
+    setup = ScorerSetup("hf", str(base_dir), {n: str(p) for n, p in models.items()},
+                        {t: (str(paths[t]), kind) for t, (_, kind) in tasks.items()},
+                        None, "float32", True, 32, 512, 1)
+    candidates = Candidates(InMemoryMerger(base_dir, models))
+    specs = [{}, {1: {"m0": (0.5, 1.0), "m1": (0.5, 1.0)}},
+             {g: {"m0": (0.7, 0.8), "m1": (0.3, 1.0)} for g in [0, 2, REST]}]
+    items = [(s, t) for s in specs for t in tasks]
+    here = CandidateScorer("hf", base_dir, tasks, "float32", True, max_model_len=512)
+    expected = [here.score(candidates.build(s), t) for s, t in items]
+    if where == "ray":
+        ray = pytest.importorskip("ray")
+        ray.init(num_cpus=2, include_dashboard=False)
+        spec = ExecutorSpec(kind="ray", workers=2, cpus_per_unit=1)
+    else:
+        spec = ExecutorSpec(workers=2)
+    pool = ScorerPool(spec, setup)
+    try:
+        got = pool(items)
+        again = pool(items[:2])  # a second batch: the resident scorers are reused
+    finally:
+        pool.close()
+        if where == "ray":
+            ray.shutdown()
+    assert got == pytest.approx(expected, abs=1e-4)
+    assert again == pytest.approx(expected[:2], abs=1e-4)
+    assert pool.stats()["batches"] == 2 and pool.stats()["scored"] == len(items) + 2

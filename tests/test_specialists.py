@@ -164,3 +164,21 @@ def test_prompts_longer_than_cutoff_fail_before_training(trained, tmp_path):
         run_stage(other, "specialists")
     unit = next(u for u in other.plan["specialists"] if u.name.startswith("specialist en_mcqa"))
     assert not other.store.has("specialists", unit.key)
+
+
+def test_deepspeed_override_is_checked_before_training(tmp_path):
+    data = tiny_recipe()
+    data["specialists"][0]["llamafactory"] = {"deepspeed": "missing/ds_z3.json"}
+    ctx = context(data, tmp_path)
+    run_stage(ctx, "data")
+    with pytest.raises(HarnessError, match=r"llamafactory.deepspeed: .*missing/ds_z3.json does not exist"):
+        run_stage(ctx, "specialists")
+    config = tmp_path / "ds_z3.json"
+    config.write_text("{}")
+    data["specialists"][0]["llamafactory"] = {"deepspeed": str(config)}
+    ctx = context(data, tmp_path)
+    # the train env here has no deepspeed (it is installed on GPU hosts, see README)
+    with pytest.raises(HarnessError, match=r"llamafactory.deepspeed is set but the train env .* has no deepspeed"):
+        run_stage(ctx, "specialists")
+    assert not ctx.store.stage_dir("specialists").exists() or not any(
+        p for p in ctx.store.stage_dir("specialists").iterdir() if not p.name.startswith("."))

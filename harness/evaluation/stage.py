@@ -1,7 +1,7 @@
-"""The eval stage: every model of a recipe on its lm-eval tasks, one process per backend.
+"""The eval stage: every model of a recipe on its lm-eval tasks; one model is one unit.
 
-Import and task set-up are paid once. On the vLLM backend one engine is started and every
-further model of the same architecture is swapped into it in place. lm-eval's request cache is
+Import and task set-up are paid once per process. On the vLLM backend a process starts one
+engine and swaps every further model of the same architecture into it in place. lm-eval's request cache is
 never used: it is not keyed by model, so a shared cache would hand one model's answers to another.
 """
 from __future__ import annotations
@@ -10,13 +10,13 @@ import abc
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from harness.errors import HarnessError
+from harness.executor import run_units
 from harness.models import check_weights_folder
 from harness.plan import Unit
 from harness.stages import Context, register
@@ -157,34 +157,61 @@ def write_results(folder: Path, out: dict[str, Any], meta: dict[str, Any]) -> di
     return result
 
 
-@register("eval")
-def build(ctx: Context, units: list[Unit]) -> None:
+# Per process: the backend (a resident engine), the served data folder and the task manager,
+# reused by every unit this process evaluates; released when the stage ends.
+_RESOURCES: dict[str, tuple] = {}
+
+
+def _resources(ctx: Context, unit: Unit) -> tuple:
     from lm_eval.tasks import TaskManager
 
-    backend_name = units[0].inputs["backend"]
-    backend = BACKENDS[backend_name](ctx)
+    key = json.dumps([unit.inputs["backend"], unit.inputs["data"], str(ctx.project),
+                      ctx.recipe.eval.model_dump(), ctx.recipe.base.model_dump()],
+                     sort_keys=True, default=str)
+    if key not in _RESOURCES:
+        tmp = Path(tempfile.mkdtemp(prefix="harness-data-"))
+        data_dir = serve_data(ctx, unit.inputs["data"], tmp)
+        tasks = TaskManager(include_path=str(ctx.project / "tasks"), include_defaults=False)
+        _RESOURCES[key] = (BACKENDS[unit.inputs["backend"]](ctx), data_dir,
+                           option_counts(data_dir), tasks, tmp)
+    return _RESOURCES[key]
+
+
+def release() -> None:
+    while _RESOURCES:
+        backend, _, _, _, tmp = _RESOURCES.popitem()[1]
+        if isinstance(backend, VLLMBackend):
+            log.info("eval: vLLM engine starts %d, in-place swaps %d", backend.engine_starts,
+                     backend.swaps)
+            if backend.lm is not None:
+                backend.lm.model.llm_engine.engine_core.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def evaluate_one(ctx: Context, unit: Unit) -> None:
+    """One model on every task of the recipe: the executor's unit of work."""
+    backend, data_dir, n_options, task_manager, _ = _resources(ctx, unit)
+    os.environ["HARNESS_DATA_DIR"] = str(data_dir)
     spec = ctx.recipe.eval
-    with tempfile.TemporaryDirectory(prefix="harness-data-") as tmp:
-        data_dir = serve_data(ctx, units[0].inputs["data"], Path(tmp))
-        os.environ["HARNESS_DATA_DIR"] = str(data_dir)
-        n_options = option_counts(data_dir)
-        task_manager = TaskManager(include_path=str(ctx.project / "tasks"), include_defaults=False)
-        for unit in tqdm(units, desc=f"eval ({backend_name})", unit="model"):
-            location = model_location(ctx, unit)
-            lm = backend.lm_for(location)
-            out = evaluate(lm, ctx, task_manager)
-            meta = {"model": unit.inputs["model"], "model_location": location,
-                    "unit": unit.name, "backend": backend_name, "tasks": list(spec.tasks),
-                    "split": spec.split, "limit": spec.limit, "num_fewshot": 0,
-                    "data": units[0].inputs["data"], "n_options": n_options,
-                    "apply_chat_template": spec.apply_chat_template, "seed": spec.seed,
-                    "versions": unit.versions, "request_cache": None}
-            details: dict[str, Any] = {}
-            with ctx.store.build("eval", unit.key, unit.inputs, unit.versions, details) as folder:
-                result = write_results(folder, out, meta)
-                details["results"] = {t: {k: v for k, v in m.items() if isinstance(v, (int, float))}
-                                      for t, m in result["results"].items()}
-            log.info("eval: %s [%s] %s", unit.name, unit.key, details["results"])
-    if isinstance(backend, VLLMBackend):
-        log.info("eval: vLLM engine starts %d, in-place swaps %d", backend.engine_starts,
-                 backend.swaps)
+    location = model_location(ctx, unit)
+    out = evaluate(backend.lm_for(location), ctx, task_manager)
+    meta = {"model": unit.inputs["model"], "model_location": location,
+            "unit": unit.name, "backend": backend.name, "tasks": list(spec.tasks),
+            "split": spec.split, "limit": spec.limit, "num_fewshot": 0,
+            "data": unit.inputs["data"], "n_options": n_options,
+            "apply_chat_template": spec.apply_chat_template, "seed": spec.seed,
+            "versions": unit.versions, "request_cache": None}
+    details: dict[str, Any] = {}
+    with ctx.store.build("eval", unit.key, unit.inputs, unit.versions, details) as folder:
+        result = write_results(folder, out, meta)
+        details["results"] = {t: {k: v for k, v in m.items() if isinstance(v, (int, float))}
+                              for t, m in result["results"].items()}
+    log.info("eval: %s [%s] %s", unit.name, unit.key, details["results"])
+
+
+@register("eval")
+def build(ctx: Context, units: list[Unit]) -> None:
+    try:
+        run_units(ctx, "eval", units, evaluate_one)
+    finally:
+        release()

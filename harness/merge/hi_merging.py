@@ -90,14 +90,23 @@ class ScoreCache:
                 row = json.loads(line)
                 self.scores[row["key"]] = row["score"]
         self.hits = self.misses = 0
+        self.fresh: set[str] = set()  # scored ahead by a batch, not yet asked for
 
     def get(self, key: str) -> Optional[float]:
         value = self.scores.get(key)
         if value is None:
             self.misses += 1
+        elif key in self.fresh:
+            self.fresh.discard(key)  # counted as scored when its batch ran
         else:
             self.hits += 1
         return value
+
+    def put_batch(self, scores: dict[str, float]) -> None:
+        for key, score in scores.items():
+            self.put(key, score)
+        self.fresh.update(scores)
+        self.misses += len(scores)
 
     def put(self, key: str, score: float) -> None:
         self.scores[key] = score
@@ -115,6 +124,10 @@ class HiMerging:
     cache: ScoreCache = field(default_factory=lambda: ScoreCache(None))
     decisions: list[dict] = field(default_factory=list)
     progress: Any = None  # a tqdm bar counting scored candidates (cache hits included)
+    # (candidate spec, task) pairs -> scores, for a whole batch at once: set when candidates
+    # are spread over several scoring processes (harness/merge/stage.py); each step hands it
+    # every candidate it is about to ask for (prefetch)
+    score_batch: Optional[Callable[[list[tuple[Spec, str]]], list[float]]] = None
 
     # ------------------------------------------------------------- scoring
     def S(self, spec: Spec, model: str) -> float:
@@ -122,11 +135,29 @@ class HiMerging:
         key = f"{spec_key(spec)}:{task}"
         value = self.cache.get(key)
         if value is None:
-            value = float(self.score_tensors(self.candidates.build(spec), task))
+            if self.score_batch is not None:
+                value = float(self.score_batch([(spec, task)])[0])
+            else:
+                value = float(self.score_tensors(self.candidates.build(spec), task))
             self.cache.put(key, value)
         if self.progress is not None:
             self.progress.update(1)
         return value
+
+    def prefetch(self, items: list[tuple[Spec, str]]) -> None:
+        """Score the (candidate, model) pairs a step is about to ask for as one batch, when
+        a batch scorer is set; the step then reads them from the cache."""
+        if self.score_batch is None:
+            return
+        todo: dict[str, tuple[Spec, str]] = {}
+        for spec, model in items:
+            task = self.tasks[model]
+            key = f"{spec_key(spec)}:{task}"
+            if key not in self.cache.scores:
+                todo.setdefault(key, (spec, task))
+        if todo:
+            scores = self.score_batch(list(todo.values()))
+            self.cache.put_batch({k: float(v) for k, v in zip(todo, scores)})
 
     @property
     def models(self) -> list[str]:
@@ -156,11 +187,13 @@ class HiMerging:
         else:
             points = [(i, j) for i in range(0, len(P), 2) for j in range(0, len(Sg), 2)]
             points += [(len(P) - 1, len(Sg) - 1)]
+        self.prefetch([(self.single(model, (P[i], Sg[j])), model) for i, j in points])
         best = max(points, key=lambda ij: (value(*ij), ij))
         if self.options.search == "coarse_to_fine":
             while True:
                 around = [(best[0] + di, best[1] + dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)
                           if 0 <= best[0] + di < len(P) and 0 <= best[1] + dj < len(Sg)]
+                self.prefetch([(self.single(model, (P[i], Sg[j])), model) for i, j in around])
                 top = max(around, key=lambda ij: (value(*ij), ij))
                 if top == best:
                     break
@@ -174,6 +207,7 @@ class HiMerging:
         base: Spec = {}
         table: dict[str, Any] = {"specialist": specialist or {}, "merged": {}, "gamma": {},
                                  "Gamma": {}}
+        self.prefetch(self._contribution_candidates(parts, merged, specialist is None))
         if specialist is None:
             for m in self.models:
                 full = self.single(m, parts[m])
@@ -195,6 +229,23 @@ class HiMerging:
                                               - (alpha + beta))
             table["Gamma"][str(l)] = sum(table["gamma"][f"{l}:{m}"] for m in self.models)
         return table
+
+    def _contribution_candidates(self, parts: dict[str, Part], merged: Spec,
+                                 specialist_context: bool) -> list[tuple[Spec, str]]:
+        """Every (candidate, model) pair contributions() scores, in one list."""
+        items: list[tuple[Spec, str]] = []
+        for m in self.models:
+            items += [(merged, m), ({}, m)]
+            if specialist_context:
+                full = self.single(m, parts[m])
+                items.append((full, m))
+                for l in self.layers:
+                    items += [({g: v for g, v in full.items() if g != l}, m),
+                              (self.single(m, parts[m], [l]), m)]
+            for l in self.layers:
+                items += [({**merged, l: {k: v for k, v in merged[l].items() if k != m}}, m),
+                          ({l: merged[l]}, m)]
+        return items
 
     # ------------------------------------------------------------- step 4
     def resolve(self, parts: dict[str, Part], merged: Spec, table: dict[str, Any]) -> Spec:
@@ -224,6 +275,8 @@ class HiMerging:
                 action = "re-prune and re-scale " + ", ".join(m for m in self.models if gammas[m] > 0)
             else:
                 case, action = "mutual", "unchanged"
+            if case != "mutual":
+                self.prefetch([(spec, m) for spec in (merged, proposal) for m in self.models])
             before = {m: self.S(merged, m) for m in self.models}
             after = {m: self.S(proposal, m) for m in self.models} if case != "mutual" else before
             accepted = case != "mutual" and (not opts.greedy_acceptance

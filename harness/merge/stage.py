@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tqdm import tqdm
-
+from harness.executor import distributed, run_units
 from harness.merge_methods import HI_MERGING_OPTIONS
 from harness.merge import preflight
 from harness.merge.config import mergekit_config, validate
@@ -75,6 +74,7 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
     from harness.merge.hi_merging import Candidates, HiMerging, Options, ScoreCache, mergekit_yaml
     from harness.merge.memory import InMemoryMerger, load_folder
     from harness.scoring.candidates import CandidateScorer
+    from harness.scoring.pool import ScorerPool, ScorerSetup
 
     import torch
 
@@ -87,20 +87,31 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
     models = {n: ctx.store.path("specialists", k) / "model" for n, k in keys.items()}
     dtype = getattr(torch, ctx.recipe.base.dtype)
     engine = InMemoryMerger(Path(base), models, dtype)
-    dev = {n: (read_jsonl(path)[: scorer_spec.limit] if scorer_spec.limit else read_jsonl(path), kind)
-           for n, (path, kind) in _dev_sets(ctx).items()}
-    scorer = CandidateScorer(resolve_backend(scorer_spec.backend), base, dev,
-                             ctx.recipe.base.dtype, ctx.recipe.eval.apply_chat_template,
-                             scorer_spec.batch_size, ctx.recipe.eval.max_model_len,
-                             ctx.recipe.eval.tensor_parallel_size)
-    score = scorer.score
+    setup = ScorerSetup(
+        resolve_backend(scorer_spec.backend), base, {n: str(p) for n, p in models.items()},
+        {n: (str(path), kind) for n, (path, kind) in _dev_sets(ctx).items()},
+        scorer_spec.limit, ctx.recipe.base.dtype, ctx.recipe.eval.apply_chat_template,
+        scorer_spec.batch_size, ctx.recipe.eval.max_model_len,
+        ctx.recipe.eval.tensor_parallel_size)
+    batch = None
+    if distributed(ctx.recipe.executor):
+        # candidates go to `workers` scoring processes (pool or Ray actors), batch by batch
+        scorer = batch = ScorerPool(ctx.recipe.executor, setup)
+        score = None
+    else:  # one resident scorer in this process
+        dev = {n: (read_jsonl(Path(path))[: setup.limit] if setup.limit
+                   else read_jsonl(Path(path)), kind) for n, (path, kind) in setup.dev.items()}
+        scorer = CandidateScorer(setup.backend, base, dev, setup.dtype,
+                                 setup.apply_chat_template, setup.batch_size,
+                                 setup.max_model_len, setup.tensor_parallel_size)
+        score = scorer.score
 
     # Scores outlive a killed run here, so a re-run resumes the search where it stopped.
     cache_dir = ctx.store.stage_dir("merge") / f".cache-{unit.key}"
     cache_dir.mkdir(parents=True, exist_ok=True)
     options = Options(**{**HI_MERGING_OPTIONS, **unit.inputs["options"]})
     method = HiMerging(Candidates(engine), score, {n: sp.dataset for n, sp in names.items()},
-                       options, ScoreCache(cache_dir / "scores.jsonl"))
+                       options, ScoreCache(cache_dir / "scores.jsonl"), score_batch=batch)
     try:
         result = method.run()
     finally:
@@ -127,10 +138,22 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
     log.info("merge: %s [%s] dev %s", unit.name, unit.key, details["dev_scores"])
 
 
-@register("merge")
-def build(ctx: Context, units: list[Unit]) -> None:
+def build_one(ctx: Context, unit: Unit) -> None:
+    """One merge unit (a baseline grid point or a whole Hi-Merging search): the executor's
+    unit of work."""
     from harness.scoring.hf import HFScorer
 
+    if unit.inputs["method"] == "hi_merging":
+        return build_hi_merging(ctx, unit)
+    first = next(iter(model_paths(ctx, unit).values()))
+    scorer = HFScorer(first, batch_size=ctx.recipe.scorer.batch_size,
+                      apply_chat_template=ctx.recipe.eval.apply_chat_template,
+                      limit=ctx.recipe.scorer.limit)
+    build_baseline(ctx, unit, scorer)
+
+
+@register("merge")
+def build(ctx: Context, units: list[Unit]) -> None:
     baselines = [u for u in units if u.inputs["method"] != "hi_merging"]
     by_models: dict[tuple, list[Unit]] = defaultdict(list)
     for unit in baselines:
@@ -141,15 +164,15 @@ def build(ctx: Context, units: list[Unit]) -> None:
             preflight.check_compatible(Path(base), model_paths(ctx, group[0]))
         first = next(iter(model_paths(ctx, group[0]).values()))
         preflight.check_disk(ctx.store.stage_dir("merge"), first, len(group))
-    if baselines:
-        first = next(iter(model_paths(ctx, baselines[0]).values()))
-        scorer = HFScorer(first, batch_size=ctx.recipe.scorer.batch_size,
-                          apply_chat_template=ctx.recipe.eval.apply_chat_template,
-                          limit=ctx.recipe.scorer.limit)
-        for unit in tqdm(baselines, desc="merge", unit="model"):
-            build_baseline(ctx, unit, scorer)
-    for unit in [u for u in units if u.inputs["method"] == "hi_merging"]:
-        build_hi_merging(ctx, unit)
+    if distributed(ctx.recipe.executor):
+        # a Hi-Merging search runs here and spreads its candidate batches over the executor's
+        # processes (a search holding a GPU while waiting on them could starve them)
+        run_units(ctx, "merge", baselines, build_one)
+        for unit in units:
+            if unit not in baselines:
+                build_hi_merging(ctx, unit)
+    else:
+        run_units(ctx, "merge", units, build_one)
 
 
 def best_grid_points(ctx: Context) -> dict[tuple[str, int], Unit]:

@@ -10,12 +10,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from harness import tiny
 from harness.data import synthetic
 from harness.data.records import read_jsonl
 from harness.errors import HarnessError
+from harness.executor import run_units
 from harness.plan import Unit
 from harness.recipe import Finetuning, Recipe
 from harness.stages import Context, register
@@ -105,6 +104,8 @@ def _train(ctx: Context, unit: Unit, tmp: Path, config: dict[str, Any], name: st
     """Run one LLaMA-Factory training; keep its reproducible YAML, log and losses."""
     final = _final(ctx, unit)
     saves = f"saves/{ctx.recipe.name}/{unit.key}"
+    if "deepspeed" in config:  # LLaMA-Factory runs elsewhere: the config path must be absolute
+        config = {**config, "deepspeed": str(deepspeed_path(ctx, config["deepspeed"]))}
     lf.write_yaml(tmp / "llamafactory" / f"{name}.yaml",
                   _reproducible(config, tmp, final, output_dir=saves))
     with tempfile.TemporaryDirectory() as run_dir:
@@ -217,6 +218,32 @@ def _launch_env(ctx: Context) -> dict[str, str]:
             "NNODES": str(ex.nnodes)}
 
 
+def deepspeed_path(ctx: Context, value: Any) -> Path:
+    path = Path(str(value)).expanduser()
+    return path if path.is_absolute() else ctx.project / path
+
+
+def check_deepspeed(ctx: Context) -> None:
+    """A `deepspeed:` config in LLaMA-Factory overrides needs the file and the package."""
+    recipe = ctx.recipe
+    overrides = {f"specialists.{sp.name}.llamafactory": sp.llamafactory for sp in recipe.specialists}
+    if recipe.multitask is not None:
+        overrides["multitask.llamafactory"] = recipe.multitask.llamafactory
+    for field, values in overrides.items():
+        if "deepspeed" not in values:
+            continue
+        config = deepspeed_path(ctx, values["deepspeed"])
+        if not config.is_file():
+            raise HarnessError(f"recipe {recipe.name}: {field}.deepspeed: {config} does not "
+                               "exist; give a DeepSpeed JSON (e.g. LLaMA-Factory's "
+                               "examples/deepspeed/ds_z3_config.json) relative to the project")
+        if not list(lf.train_env().glob("lib/python*/site-packages/deepspeed")):
+            raise HarnessError(f"recipe {recipe.name}: {field}.deepspeed is set but the train "
+                               f"env {lf.train_env()} has no deepspeed; on the GPU host run "
+                               f"`{lf.train_env()}/bin/pip install deepspeed==0.19.8` (it "
+                               "compiles against CUDA, so it is not in requirements/train.lock)")
+
+
 def preflight(ctx: Context, units: list[Unit]) -> None:
     """Every check that needs no training, before any training starts."""
     recipe = ctx.recipe
@@ -228,6 +255,7 @@ def preflight(ctx: Context, units: list[Unit]) -> None:
         if not any((folder / f).exists() for f in TOKENIZER_FILES):
             raise HarnessError(f"recipe {recipe.name}: base.model {folder} has no tokenizer "
                                f"({' / '.join(TOKENIZER_FILES)}); save the tokenizer beside the weights")
+    check_deepspeed(ctx)
     for sp in recipe.specialists:
         info_path = ctx.store.path("data", _data_key(ctx, sp.dataset)) / "llamafactory" / "dataset_info.json"
         if not info_path.exists():
@@ -238,20 +266,24 @@ def preflight(ctx: Context, units: list[Unit]) -> None:
                                f"{sp.dataset}_train; re-run the data stage")
 
 
+def build_one(ctx: Context, unit: Unit) -> None:
+    """One model: the tiny base, a specialist or the multi-task model (the executor's unit)."""
+    if "corpus" in unit.inputs:
+        build_tiny_base(ctx, unit)
+    elif "specialist" in unit.inputs:
+        sp = next(s for s in ctx.recipe.specialists if s.name == unit.inputs["specialist"]["name"])
+        data_dir = ctx.store.path("data", unit.inputs["data"]) / "llamafactory"
+        build_finetune(ctx, unit, sp.finetuning, f"{sp.dataset}_train", data_dir, sp.llamafactory)
+    else:
+        mt = ctx.recipe.multitask
+        names = ",".join(f"{sp.dataset}_train" for sp in ctx.recipe.specialists)
+        build_finetune(ctx, unit, mt.finetuning, names, None, mt.llamafactory)
+    log.info("specialists: built %s [%s]", unit.name, unit.key)
+
+
 @register("specialists")
 def build(ctx: Context, units: list[Unit]) -> None:
     preflight(ctx, units)
-    specialists = {sp.name: sp for sp in ctx.recipe.specialists}
-    ordered = sorted(units, key=lambda u: not u.name.startswith("base"))  # the base first
-    for unit in tqdm(ordered, desc="specialists", unit="model"):
-        if "corpus" in unit.inputs:
-            build_tiny_base(ctx, unit)
-        elif "specialist" in unit.inputs:
-            sp = specialists[unit.inputs["specialist"]["name"]]
-            data_dir = ctx.store.path("data", unit.inputs["data"]) / "llamafactory"
-            build_finetune(ctx, unit, sp.finetuning, f"{sp.dataset}_train", data_dir, sp.llamafactory)
-        else:
-            mt = ctx.recipe.multitask
-            names = ",".join(f"{sp.dataset}_train" for sp in ctx.recipe.specialists)
-            build_finetune(ctx, unit, mt.finetuning, names, None, mt.llamafactory)
-        log.info("specialists: built %s [%s]", unit.name, unit.key)
+    base = [u for u in units if u.name.startswith("base")]
+    run_units(ctx, "specialists", base, build_one)  # the fine-tunes start from it
+    run_units(ctx, "specialists", [u for u in units if u not in base], build_one)

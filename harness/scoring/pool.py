@@ -1,0 +1,157 @@
+"""Hi-Merging candidates scored by several processes at once, each with ONE resident scorer.
+
+The search hands over every candidate a step will ask for (HiMerging.prefetch); the batch is
+split across `executor.workers` scoring processes: a local process pool, or Ray actors with
+`num_gpus` each. A process builds candidates from their specs itself (the specialists are read
+from the run store), pushes them into its resident engine in place, and returns the scores.
+A chunk that fails is sent once more (to a fresh process); failing again ends the search.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.executor import _error, _init_worker, kind, local_pool, ray_init
+
+log = logging.getLogger("harness")
+
+
+@dataclass(frozen=True)
+class ScorerSetup:
+    """What a scoring process needs to rebuild the search's candidates and score them."""
+    backend: str
+    base: str
+    models: dict[str, str]             # name -> specialist folder
+    dev: dict[str, tuple[str, str]]    # task -> (dev jsonl, kind)
+    limit: int | None
+    dtype: str
+    apply_chat_template: bool
+    batch_size: int
+    max_model_len: int
+    tensor_parallel_size: int
+
+
+class _Resident:
+    def __init__(self, setup: ScorerSetup):
+        import torch
+
+        from harness.data.records import read_jsonl
+        from harness.merge.hi_merging import Candidates
+        from harness.merge.memory import InMemoryMerger
+        from harness.scoring.candidates import CandidateScorer
+
+        self.candidates = Candidates(InMemoryMerger(
+            Path(setup.base), {n: Path(p) for n, p in setup.models.items()},
+            getattr(torch, setup.dtype)))
+        dev = {t: (read_jsonl(Path(p))[: setup.limit] if setup.limit else read_jsonl(Path(p)), k)
+               for t, (p, k) in setup.dev.items()}
+        self.scorer = CandidateScorer(setup.backend, setup.base, dev, setup.dtype,
+                                      setup.apply_chat_template, setup.batch_size,
+                                      setup.max_model_len, setup.tensor_parallel_size)
+
+    def score(self, items: list[tuple[dict, str]]) -> list[float]:
+        return [self.scorer.score(self.candidates.build(spec), task) for spec, task in items]
+
+
+_RESIDENT: dict[str, _Resident] = {}  # per pool process: one resident scorer per search
+
+
+def score_chunk(setup: ScorerSetup, items: list[tuple[dict, str]]) -> list[float]:
+    key = json.dumps(setup.__dict__, sort_keys=True, default=str)
+    if key not in _RESIDENT:
+        _RESIDENT[key] = _Resident(setup)
+    return _RESIDENT[key].score(items)
+
+
+class ScorerActor:
+    """Ray actor: one resident scorer on its own GPU(s)."""
+
+    def __init__(self, setup: ScorerSetup, level: int, threads: int | None):
+        _init_worker(level, threads)
+        self.resident = _Resident(setup)
+
+    def score(self, items: list[tuple[dict, str]]) -> list[float]:
+        return self.resident.score(items)
+
+
+class ScorerPool:
+    """`pool(items) -> scores`, the batch scorer HiMerging.score_batch takes."""
+
+    def __init__(self, spec, setup: ScorerSetup):
+        self.spec, self.setup = spec, setup
+        self.n = spec.workers
+        self.on_ray = kind(spec) == "ray"
+        self.batches = self.scored = 0
+        if self.on_ray:
+            ray_init(spec)
+            self._actors = [self._actor() for _ in range(self.n)]
+        else:
+            self._pool = local_pool(spec)
+
+    def _actor(self):
+        import ray
+
+        actor = ray.remote(num_gpus=self.spec.num_gpus, num_cpus=self.spec.cpus_per_unit or 1)(
+            ScorerActor)
+        return actor.remote(self.setup, log.getEffectiveLevel(), self.spec.cpus_per_unit)
+
+    def _submit(self, i: int, chunk: list) -> Any:
+        if self.on_ray:
+            return self._actors[i].score.remote(chunk)
+        return self._pool.submit(score_chunk, self.setup, chunk)
+
+    def _result(self, handle: Any) -> list[float]:
+        if isinstance(handle, Future):
+            return handle.result()
+        import ray
+        return ray.get(handle)
+
+    def _replace(self, i: int) -> None:
+        """A fresh process for slot i after a failure (a dead actor, a broken pool)."""
+        if self.on_ray:
+            import ray
+            ray.kill(self._actors[i])
+            self._actors[i] = self._actor()
+        else:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = local_pool(self.spec)
+
+    def __call__(self, items: list[tuple[dict, str]]) -> list[float]:
+        chunks = [items[i::self.n] for i in range(self.n)]  # interleaved: similar costs
+        handles = {i: self._submit(i, c) for i, c in enumerate(chunks) if c}
+        scores: dict[int, list[float]] = {}
+        for i, handle in handles.items():
+            try:
+                scores[i] = self._result(handle)
+            except Exception as exc:  # noqa: BLE001 - retried once, then raised
+                log.warning("hi_merging: scoring chunk %d failed (%s); retrying", i, _error(exc))
+                self._replace(i)
+                try:
+                    scores[i] = self._result(self._submit(i, chunks[i]))
+                except Exception as again:  # noqa: BLE001
+                    raise HarnessError(f"hi_merging: a batch of {len(chunks[i])} candidates "
+                                       f"failed twice: {_error(again)}") from again
+        out: list[float] = [0.0] * len(items)
+        for i, values in scores.items():
+            out[i::self.n] = values
+        self.batches += 1
+        self.scored += len(items)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        return {"backend": self.setup.backend, "processes": self.n,
+                "executor": "ray" if self.on_ray else "local", "batches": self.batches,
+                "scored": self.scored}
+
+    def close(self) -> None:
+        if self.on_ray:
+            import ray
+            for actor in self._actors:
+                ray.kill(actor)
+        else:
+            self._pool.shutdown()
