@@ -32,6 +32,7 @@ from harness.errors import HarnessError
 log = logging.getLogger("harness")
 
 UnitFn = Callable[[Any, Any], None]
+FORWARDED_ENV = ("HARNESS_", "HF_", "TRANSFORMERS_", "VLLM_")
 
 
 @dataclass
@@ -163,9 +164,12 @@ def ray_init(spec) -> None:
     import ray
 
     if not ray.is_initialized():
+        # The harness's own settings travel with the tasks (the train env, offline flags, the
+        # hub cache), so a node started with `ray start` runs units as this process would.
+        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
         # no address: a Ray instance on this machine, gone when the run ends
         ray.init(address=spec.address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
-                 log_to_driver=True)
+                 log_to_driver=True, runtime_env={"env_vars": env})
 
 
 def _run_pool(ctx, stage: str, units: list, fn: UnitFn, spec) -> list[Failure]:
