@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from harness.executor import distributed, run_units
 from harness.merge_methods import HI_MERGING_OPTIONS
 from harness.merge import preflight
@@ -69,11 +70,9 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    from harness.data.records import read_jsonl
     from harness.merge import report
     from harness.merge.hi_merging import Candidates, HiMerging, Options, ScoreCache, mergekit_yaml
     from harness.merge.memory import InMemoryMerger, load_folder
-    from harness.scoring.candidates import CandidateScorer
     from harness.scoring.pool import ScorerPool, ScorerSetup
 
     import torch
@@ -99,11 +98,7 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
         scorer = batch = ScorerPool(ctx.recipe.executor, setup)
         score = None
     else:  # one resident scorer in this process
-        dev = {n: (read_jsonl(Path(path))[: setup.limit] if setup.limit
-                   else read_jsonl(Path(path)), kind) for n, (path, kind) in setup.dev.items()}
-        scorer = CandidateScorer(setup.backend, base, dev, setup.dtype,
-                                 setup.apply_chat_template, setup.batch_size,
-                                 setup.max_model_len, setup.tensor_parallel_size)
+        scorer = setup.scorer()
         score = scorer.score
 
     # Scores outlive a killed run here, so a re-run resumes the search where it stopped.

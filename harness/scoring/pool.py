@@ -35,24 +35,29 @@ class ScorerSetup:
     max_model_len: int
     tensor_parallel_size: int
 
+    def scorer(self):
+        """The resident scorer (its engine holds the base until candidates are pushed in)."""
+        from harness.data.records import read_jsonl
+        from harness.scoring.candidates import CandidateScorer
+
+        dev = {t: (read_jsonl(Path(p))[: self.limit] if self.limit else read_jsonl(Path(p)), k)
+               for t, (p, k) in self.dev.items()}
+        return CandidateScorer(self.backend, self.base, dev, self.dtype,
+                               self.apply_chat_template, self.batch_size, self.max_model_len,
+                               self.tensor_parallel_size)
+
 
 class _Resident:
     def __init__(self, setup: ScorerSetup):
         import torch
 
-        from harness.data.records import read_jsonl
         from harness.merge.hi_merging import Candidates
         from harness.merge.memory import InMemoryMerger
-        from harness.scoring.candidates import CandidateScorer
 
         self.candidates = Candidates(InMemoryMerger(
             Path(setup.base), {n: Path(p) for n, p in setup.models.items()},
             getattr(torch, setup.dtype)))
-        dev = {t: (read_jsonl(Path(p))[: setup.limit] if setup.limit else read_jsonl(Path(p)), k)
-               for t, (p, k) in setup.dev.items()}
-        self.scorer = CandidateScorer(setup.backend, setup.base, dev, setup.dtype,
-                                      setup.apply_chat_template, setup.batch_size,
-                                      setup.max_model_len, setup.tensor_parallel_size)
+        self.scorer = setup.scorer()
 
     def score(self, items: list[tuple[dict, str]]) -> list[float]:
         return [self.scorer.score(self.candidates.build(spec), task) for spec, task in items]
