@@ -34,10 +34,11 @@ ARGS = --recipe $(recipe)$(if $(SEEDS), --seeds $(SEEDS))
 
 .DEFAULT_GOAL := all
 .PHONY: all run setup test bench validate plan install-harness lock lock-train lock-eval \
-        docker envs lint-env clean-envs browser $(STAGES)
+        docker envs lint-env clean-envs browser fetch $(STAGES)
 
 ## all: every stage of the recipe, in order (each skips what is cached)
 all: setup
+	$(HARNESS) fetch $(ARGS)
 	$(HARNESS) data $(ARGS)
 	$(HARNESS) specialists $(ARGS)
 	$(HARNESS) merge $(ARGS)
@@ -46,7 +47,7 @@ all: setup
 
 run: all
 
-$(STAGES): setup
+$(STAGES) fetch: setup
 	$(HARNESS) $@ $(ARGS)
 
 ## plan: print every unit of work with its content key (cached or to do)

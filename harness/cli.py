@@ -87,9 +87,29 @@ def cmd_stage(args) -> int:
     if args.dry_run:
         print(format_plan(ctx.plan, ctx.store, stages))
         return 0
+    if args.command == "run":
+        from harness.fetch import fetch
+        fetch(ctx)
     for stage in stages:
         log.info("stage %s: recipe %s", stage, ctx.recipe.name)
         run_stage(ctx, stage)
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    from harness.fetch import fetch
+
+    ctx = _context(args)
+    for resolved in fetch(ctx):
+        print(f"{resolved.ref}@{resolved.revision}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from harness.merge.reproduce import reproduce
+
+    out = reproduce(Path(args.config), Path(args.out), runs_root(project_root()), args.random_seed)
+    print(f"{out}: merged by mergekit from {args.config}")
     return 0
 
 
@@ -121,6 +141,19 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("outdir")
     c.add_argument("--overwrite", action="store_true", help="replace existing split files")
     c.set_defaults(func=cmd_convert)
+    f = sub.add_parser("fetch", help="put every hub model and dataset the recipe names in the "
+                                     "hub cache (download, or build the harness-tiny/* models)")
+    f.add_argument("--recipe", default="tiny_en_zh", help="recipe name under recipes/")
+    f.add_argument("--seeds", help=argparse.SUPPRESS)
+    f.set_defaults(func=cmd_fetch)
+    r = sub.add_parser("reproduce", help="run a published mergekit YAML (leaderboard/<recipe>/"
+                                         "models/) with mergekit, its runs/... and org/name@commit "
+                                         "names resolved on this machine")
+    r.add_argument("config", help="a published *_mergekit.yaml")
+    r.add_argument("out", help="output folder (new or empty)")
+    r.add_argument("--random-seed", type=int, default=None,
+                   help="the seed in the YAML's header (DARE/DELLA draws)")
+    r.set_defaults(func=cmd_reproduce)
     for name in (*STAGES, "run"):
         help_ = "all stages in order" if name == "run" else f"the {name} stage"
         s = sub.add_parser(name, help=help_)

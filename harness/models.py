@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from harness import hub
 from harness.errors import HarnessError
 from harness.recipe import BaseModelSpec
 
@@ -62,12 +63,29 @@ def folder_fingerprint(folder: Path) -> str:
 
 
 def base_reference(spec: BaseModelSpec) -> dict[str, Any]:
-    """What identifies the base model in content keys (the tiny base gets its unit's key)."""
+    """What identifies the base model in content keys (the tiny base gets its unit's key; a
+    hub model its id and the revision the recipe pins, the commit it resolves to is recorded
+    in every manifest)."""
     if spec.kind == "hub":
-        return {"kind": "hub", "id": spec.model, "dtype": spec.dtype}
+        return {"kind": "hub", "id": spec.model, "revision": spec.revision or "main",
+                "dtype": spec.dtype}
     if spec.kind == "local":
         folder = Path(spec.model).expanduser().resolve()
         check_weights_folder(folder)
         return {"kind": "local", "path": str(folder), "fingerprint": folder_fingerprint(folder),
                 "dtype": spec.dtype}
     return {"kind": "tiny"}
+
+
+def resolve_base(store, base: dict[str, Any]) -> hub.Resolved:
+    """The base model's folder, for every stage: the tiny base from the run store, a local
+    folder as it is, a hub id through the hub cache (the one resolver, harness/hub.py)."""
+    if base["kind"] == "tiny":
+        resolved = hub.Resolved("tiny", store.path("specialists", base["key"]) / "model", "store")
+    elif base["kind"] == "local":
+        resolved = hub.Resolved(base["path"], Path(base["path"]), "local")
+    else:
+        resolved = hub.resolve(base["id"], None if base.get("revision") in (None, "main")
+                               else base["revision"], what="base.model")
+    check_weights_folder(resolved.path)
+    return resolved

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.data import readers
 from harness.errors import HarnessError
 from harness.evaluation.tasks import data_key, resolve_backend, task_data, tasks_hash
 from harness.models import base_reference
@@ -21,7 +22,7 @@ from harness.versions import stage_versions
 STAGES = ("data", "specialists", "merge", "eval", "leaderboard")
 
 # Bump a stage's revision when its code changes what it writes: every key of it changes.
-STAGE_REVISION = {"data": 2, "specialists": 2, "merge": 1, "eval": 2, "leaderboard": 2}
+STAGE_REVISION = {"data": 3, "specialists": 3, "merge": 2, "eval": 3, "leaderboard": 3}
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,14 @@ def _unit(stage: str, name: str, inputs: dict[str, Any], requirements: Path,
     keyed = {"stage": stage, "revision": STAGE_REVISION[stage], "inputs": inputs,
              "versions": versions}
     return Unit(stage, name, content_key(keyed), inputs, versions, needs)
+
+
+def _local_files(name: str, path: Path) -> str:
+    """A local release copy's content hash: an edited file changes the dataset's key."""
+    if not path.exists():
+        raise HarnessError(f"datasets.{name}.path: {path} does not exist; fix the path (relative "
+                           "paths are relative to the project folder)")
+    return readers.local_fingerprint(path)
 
 
 def grid_points(spec: MergeSpec) -> list[dict[str, Any]]:
@@ -69,8 +78,10 @@ def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
 
     data_keys = {}
     for name, ds in sorted(recipe.datasets.items()):
-        unit = _unit("data", f"dataset {name}", {"name": name, "dataset": ds.model_dump()},
-                     requirements)
+        inputs: dict[str, Any] = {"name": name, "dataset": ds.model_dump()}
+        if ds.path and readers.is_local(ds.path, requirements.parent):
+            inputs["files"] = _local_files(name, readers.local_path(ds.path, requirements.parent))
+        unit = _unit("data", f"dataset {name}", inputs, requirements)
         plan["data"].append(unit)
         data_keys[name] = unit.key
 

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import HarnessError
+from harness.hub import HUB_ID
 from harness.merge_methods import METHODS, hi_merging_option_names
 
 RECIPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -33,7 +34,8 @@ class Strict(BaseModel):
 
 
 class TinyBase(Strict):
-    """A Qwen2-architecture model built and pre-trained locally (no hub)."""
+    """A Qwen2- or Llama-architecture model built and pre-trained locally (no hub)."""
+    architecture: Literal["qwen2", "llama"] = "qwen2"
     hidden_size: int = Field(128, gt=0)
     num_layers: int = Field(4, gt=0)
     num_heads: int = Field(2, gt=0)
@@ -61,10 +63,20 @@ class TinyBase(Strict):
         return self
 
 
+# One system prompt for training, dev scoring and evaluation: LLaMA-Factory's templates and the
+# models' own chat templates have different defaults (LLaMA-Factory's `qwen`: "You are Qwen,
+# created by Alibaba Cloud. ..."; Qwen2-7B-Instruct's: "You are a helpful assistant."), so the
+# harness always sends this one explicitly and every model sees the same text.
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
 class BaseModelSpec(Strict):
-    """`model` is a hub id (org/name), an absolute or ./relative local folder, or `tiny`."""
+    """`model` is a hub id (org/name, resolved through the hub cache; `revision` pins a branch,
+    tag or commit), an absolute or ./relative local folder, or `tiny`."""
     model: str
+    revision: Optional[str] = None
     template: str = "qwen"
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
     tiny: Optional[TinyBase] = None
@@ -75,6 +87,11 @@ class BaseModelSpec(Strict):
             object.__setattr__(self, "tiny", TinyBase())
         if self.model != "tiny" and self.tiny is not None:
             raise ValueError("`tiny` settings are only allowed with model: tiny")
+        if self.kind == "hub" and not HUB_ID.match(self.model):
+            raise ValueError(f"model {self.model!r} is neither `tiny`, a folder (/abs, ./rel, "
+                             "../rel, ~/...) nor a hub id (org/name)")
+        if self.revision and self.kind != "hub":
+            raise ValueError("`revision` pins a hub model; remove it for a local folder")
         return self
 
     @property
@@ -87,13 +104,16 @@ class BaseModelSpec(Strict):
 
 
 class DatasetSpec(Strict):
-    """One dataset. `path` is a hub id (optionally with `config`) or a local file/folder in the
-    original release format. Official splits are kept; missing ones are carved with
-    `split_seed` by the fractions below."""
+    """One dataset. `path` is a hub dataset id (read through the hub cache, optionally pinned by
+    `revision`; `config` picks a subset of a release that holds several, e.g. CMB's `exam`) or
+    a local file/folder in the original release format (a relative path is relative to the
+    project folder). Official splits are kept; missing ones are carved with `split_seed` by
+    the fractions below."""
     source: Literal[DATASET_SOURCES]  # type: ignore[valid-type]
     language: Language
     task_type: TaskType
     path: Optional[str] = None
+    revision: Optional[str] = None
     config: Optional[str] = None
     split_seed: int = 0
     dev_fraction: float = Field(0.1, gt=0, lt=0.5)
@@ -116,6 +136,10 @@ class DatasetSpec(Strict):
             if (known.language, known.task_type) != (self.language, self.task_type):
                 raise ValueError(f"source {self.source!r} is {known.language} {known.task_type}; "
                                  f"set language: {known.language} and task_type: {known.task_type}")
+            if self.config is not None and self.config not in known.hub_subsets:
+                valid = ", ".join(sorted(known.hub_subsets)) or "none (remove `config`)"
+                raise ValueError(f"config {self.config!r} is not a subset of {self.source}; "
+                                 f"valid: {valid}")
         return self
 
 

@@ -14,7 +14,7 @@ from harness.errors import HarnessError
 
 # Which env runs each stage, and which of its packages can change that stage's output.
 STAGE_PACKAGES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "data": ("eval", ("datasets",)),
+    "data": ("eval", ("huggingface-hub", "pandas", "pyarrow")),
     "specialists": ("train", ("llamafactory", "torch", "transformers", "peft", "trl",
                               "accelerate", "tokenizers", "datasets")),
     "merge": ("eval", ("mergekit", "torch", "transformers", "safetensors",

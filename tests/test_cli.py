@@ -1,4 +1,5 @@
 import logging
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -18,9 +19,10 @@ def run(cmd, **kw):
 
 
 def test_validate_all_shipped_recipes(harness_bin, project):
-    proc = run(harness_bin + ["validate", *sorted(str(p) for p in (project / "recipes").glob("*.yaml"))])
+    recipes = sorted(str(p) for p in (project / "recipes").glob("*.yaml"))
+    proc = run(harness_bin + ["validate", *recipes])
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("ok: ") == 3
+    assert proc.stdout.count("ok: ") == len(recipes) >= 5
 
 
 def test_validate_misspelled_key_fails_naming_it(harness_bin, project, tmp_path):
@@ -101,3 +103,50 @@ def test_cached_units_are_skipped_and_reported(project, tmp_path, caplog):
         BUILDERS.pop("data")
         if real:
             BUILDERS["data"] = real
+
+
+def test_fetch_offline_names_what_is_missing_in_one_line(harness_bin, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    env.pop("HF_HUB_CACHE", None)
+    proc = run(harness_bin + ["fetch", "--recipe", "qwen2_en_zh"], env=env)
+    assert proc.returncode == 1
+    (line,) = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert "base.model 'Qwen/Qwen2-7B-Instruct': not in the hub cache" in line
+    assert "HF_HUB_OFFLINE is set; run `harness fetch" in line and "Traceback" not in proc.stderr
+    proc = run(harness_bin + ["fetch", "--recipe", "tiny_en_zh"], env=env)
+    assert proc.returncode == 0 and "nothing to fetch" in proc.stderr
+
+
+def test_fetch_reports_a_cached_hub_model(harness_bin, hub_env, tmp_path, project):
+    from harness import hub
+
+    from conftest import TINY_TEST_REPOS
+
+    data = yaml.safe_load((project / "recipes" / "mini_qwen2_en_zh.yaml").read_text())
+    data["base"]["model"] = TINY_TEST_REPOS["qwen2"]
+    checkout = tmp_path / "project"  # beside it ../shared, as in a real checkout
+    (checkout / "recipes").mkdir(parents=True)
+    for name in ("tasks", "requirements"):
+        (checkout / name).symlink_to(project / name)
+    (checkout / "recipes" / "mini_qwen2_en_zh.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "shared").symlink_to(project.parent / "shared")
+    env = {**os.environ, "HARNESS_PROJECT": str(checkout)}
+    proc = run(harness_bin + ["fetch", "--recipe", "mini_qwen2_en_zh"], env=env)
+    assert proc.returncode == 0, proc.stderr
+    commit = hub.resolve(TINY_TEST_REPOS["qwen2"]).revision
+    assert proc.stdout.strip() == f"{TINY_TEST_REPOS['qwen2']}@{commit}"
+    assert "cached" in proc.stderr
+
+
+def test_reproduce_refuses_bad_input_in_one_line(harness_bin, tmp_path):
+    bad = tmp_path / "x.yaml"
+    bad.write_text("models: []\n")
+    proc = run(harness_bin + ["reproduce", str(bad), str(tmp_path / "out")])
+    assert proc.returncode == 1 and "not a mergekit config (no merge_method)" in proc.stderr
+    config = tmp_path / "ties.yaml"
+    config.write_text(yaml.safe_dump({"merge_method": "ties", "base_model": "runs/r/specialists/k/model",
+                                      "models": [{"model": "runs/r/specialists/j/model"}]}))
+    proc = run(harness_bin + ["reproduce", str(config), str(tmp_path / "out")],
+               env={**os.environ, "HARNESS_RUNS_DIR": str(tmp_path / "runs")})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{tmp_path / 'runs'}/r/specialists/k/model: model folder not found" in proc.stderr

@@ -163,8 +163,9 @@ def test_missing_file_and_unreachable_hub(tmp_path, monkeypatch):
     with pytest.raises(HarnessError, match=r"medqa_en: .*nope.jsonl: no such file"):
         readers.read_local("medqa_en", "medqa", str(tmp_path / "nope.jsonl"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(HarnessError, match=r"medqa_en: cannot load 'GBaker/x' from the hub"):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(HarnessError, match=r"datasets.medqa_en.path 'GBaker/x': not in the hub "
+                                           r"cache .* HF_HUB_OFFLINE is set; run `harness fetch"):
         readers.read_hub("medqa_en", "medqa", "GBaker/x", None)
 
 

@@ -11,12 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.plan import STAGES, build_plan
-from harness.recipe import parse_recipe
+from harness.plan import STAGES
 from harness.stages import Context, run_stage
-from harness.store import Store
 
-from conftest import PROJECT
+from conftest import PROJECT, run_all
 
 pytestmark = pytest.mark.skipif(
     not (Path(os.environ.get("HARNESS_TRAIN_ENV", "") or
@@ -40,20 +38,6 @@ def reduced_recipe() -> dict:
     data["eval"].update(backend="hf")
     data["scorer"].update(backend="vllm")  # the resident engine, weights swapped in place
     return data
-
-
-def run_all(root: Path, data: dict) -> Context:
-    """Every stage of the recipe into a fresh run store and project folder under root."""
-    project = root / "project"
-    project.mkdir(parents=True)
-    (project / "tasks").symlink_to(PROJECT / "tasks", target_is_directory=True)
-    recipe = parse_recipe(data)
-    ctx = Context(recipe, Store(root / "runs", recipe.name),
-                  build_plan(recipe, PROJECT / "requirements"), project)
-    for stage in STAGES:
-        built = run_stage(ctx, stage)
-        assert len(built) == len(ctx.plan[stage]), stage  # nothing was cached before
-    return ctx
 
 
 def read_board(ctx: Context) -> dict[str, dict[str, str]]:

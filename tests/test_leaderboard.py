@@ -209,3 +209,19 @@ def test_index_html_renders_in_headless_chromium(board, tmp_path):
     assert image.size == (1400, 1000)
     lo, hi = image.getextrema()
     assert hi - lo > 100  # text and table lines, not a blank page
+
+
+# an absolute path of the machine that made a file: home, temp, project or mount folders
+MACHINE_PATH = re.compile(r"(?<![\w.~])/(?:root|home|tmp|work|Users|private|var|mnt|opt|srv|scratch)/")
+
+
+def test_published_leaderboards_hold_no_machine_path():
+    """Everything under leaderboard/ can be read and re-run from any checkout."""
+    project = Path(__file__).resolve().parents[1]
+    files = [p for p in (project / "leaderboard").rglob("*") if p.is_file() and p.suffix != ".png"]
+    assert len(files) > 20
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert str(project) not in text, path
+        found = MACHINE_PATH.search(text)
+        assert found is None, f"{path}: {text[max(0, found.start() - 60):found.end() + 60]}"

@@ -51,6 +51,15 @@ class Source:
     language: str
     convert: Converter
     split_map: dict[str, Optional[str]] = field(default_factory=dict)
+    # A release that holds several subsets (CMB: exam questions and clinical cases) names
+    # them by `config`: config -> the folder of the release that holds it; the first is the
+    # default.
+    hub_subsets: dict[str, str] = field(default_factory=dict)
+
+    def subset(self, config: Optional[str]) -> Optional[str]:
+        if not self.hub_subsets:
+            return None
+        return self.hub_subsets[config or next(iter(self.hub_subsets))]
 
 
 def _literal(value: Any, ctx: Ctx, name: str) -> Any:
@@ -127,11 +136,22 @@ def _single_answer(answer: str, ctx: Ctx) -> Optional[str]:
     return letters
 
 
+def _keyed_options(items: list, ctx: Ctx) -> dict[str, str]:
+    """The hub copy fzkuji/CMExam stores options as [{"key": "A", "value": ...}, ...]."""
+    try:
+        return {str(o["key"]).strip(): o["value"] for o in items}
+    except (KeyError, TypeError):
+        raise HarnessError(f"{ctx.where}: field Options is a list but not of "
+                           "{key, value} entries; fix the record") from None
+
+
 def cmexam(raw: dict, ctx: Ctx) -> Iterable[dict]:
     answer = _single_answer(ctx.field(raw, "Answer", "answer"), ctx)
     if answer is None:
         return
-    options = _lettered_lines(ctx.field(raw, "Options", "options"), ctx)
+    options = ctx.field(raw, "Options", "options")
+    options = (_keyed_options(options, ctx) if isinstance(options, list)
+               else _lettered_lines(options, ctx))
     yield R.mcqa(raw.get("id") or ctx.default_id(), ctx.field(raw, "Question", "question"),
                  options, answer, "zh", "cmexam", ctx.where)
 
@@ -141,7 +161,8 @@ def cmb(raw: dict, ctx: Ctx) -> Iterable[dict]:
     if answer is None:
         return
     options = _literal(ctx.field(raw, "option"), ctx, "option")
-    options = {k: v for k, v in sorted(options.items()) if str(v).strip()}
+    # CMB pads every item to six slots (A-F); the unused ones are null or empty
+    options = {k: v for k, v in sorted(options.items()) if v is not None and str(v).strip()}
     yield R.mcqa(raw.get("id") or ctx.default_id(), ctx.field(raw, "question"), options,
                  answer, "zh", "cmb", ctx.where)
 
@@ -187,8 +208,10 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     # MedMCQA's test labels are hidden: its official validation split is our test split.
     Source("medmcqa", "mcqa", "en", medmcqa, {"dev": "test", "test": None}),
     Source("cmexam", "mcqa", "zh", cmexam),
-    Source("cmb", "mcqa", "zh", cmb),
-    Source("cmb_clin", "qa", "zh", cmb_clin),
+    # CMB-Exam's official test ships without answers (they are not public): it is dropped,
+    # the official val serves as dev and the test split is carved from train (split_seed).
+    Source("cmb", "mcqa", "zh", cmb, {"test": None}, hub_subsets={"exam": "CMB-Exam"}),
+    Source("cmb_clin", "qa", "zh", cmb_clin, hub_subsets={"clin": "CMB-Clin"}),
     Source("healthcaremagic", "qa", "en", _alpaca("healthcaremagic", "en")),
     Source("chatdoctor", "qa", "en", _alpaca("chatdoctor", "en")),
     Source("cmedqa2", "qa", "zh", cmedqa2),

@@ -1,4 +1,10 @@
-"""Read a dataset's raw records, split by split, from a local release copy or the hub."""
+"""Read a dataset's raw records, split by split, from a local release copy or the hub.
+
+A hub dataset is a hub repository of release files (JSON, JSON lines, CSV, Parquet): the one
+resolver (harness/hub.py) gives its snapshot folder from the hub cache, downloading it first
+where the hub is reachable, and the folder is read like a local copy. So a hub id works
+wherever a local folder does, offline too, and `datasets`' loading scripts are never run.
+"""
 from __future__ import annotations
 
 import csv
@@ -14,8 +20,12 @@ RawSplits = dict[str, list[tuple[str, list[dict]]]]  # split -> [(file label, ra
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
-def is_local(path: str) -> bool:
-    return path.startswith(("/", "./", "../", "~")) or Path(path).expanduser().exists()
+def is_local(path: str, project: Path) -> bool:
+    """A folder/file path, or a hub dataset id (org/name) when it is not a local path."""
+    from harness.hub import HUB_ID
+
+    return (path.startswith(("/", "./", "../", "~")) or not HUB_ID.match(path)
+            or local_path(path, project).exists())
 
 
 def read_file(path: Path, dataset: str) -> list[dict]:
@@ -27,7 +37,13 @@ def read_file(path: Path, dataset: str) -> list[dict]:
             except HarnessError as exc:
                 raise HarnessError(f"{dataset}: {exc}") from None
         if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            try:
+                data = json.loads(text)
+            except ValueError:
+                if not text.lstrip().startswith("{"):
+                    raise
+                return read_jsonl(path)  # several hub copies are JSON lines named .json
             if isinstance(data, dict) and isinstance(data.get("data"), list):
                 data = data["data"]
             if not isinstance(data, list):
@@ -47,20 +63,57 @@ def read_file(path: Path, dataset: str) -> list[dict]:
                        f"use one of {', '.join(SUFFIXES)}")
 
 
-def read_local(dataset: str, source: str, path: str) -> RawSplits:
+def local_path(path: str, project: Path) -> Path:
+    """A recipe's local `path`: absolute, home-relative, or relative to the project folder."""
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else Path(project) / candidate
+
+
+def read_local(dataset: str, source: str, path: Path | str, label: Optional[str] = None,
+               hub: bool = False) -> RawSplits:
+    """The release's data files under `path` (a file, or a folder read recursively), each
+    file's split named by its file name. `label` names the files in reports (no machine path
+    for hub snapshots: `org/name:file`); `hub` marks records of a hub copy (harness/data/
+    converters.py: MedMCQA's hub copy numbers options from 0)."""
     root = Path(path).expanduser()
     if not root.exists():
         raise HarnessError(f"{dataset}: {root}: no such file or folder; fix `path` in the recipe")
     if source == "cmedqa2":
         return _read_cmedqa2(dataset, root)
     files = [root] if root.is_file() else sorted(
-        p for p in root.iterdir() if p.suffix.lower() in SUFFIXES)
+        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not files:
         raise HarnessError(f"{dataset}: {root}: no {'/'.join(SUFFIXES)} files in the folder")
     splits: RawSplits = {}
     for file in files:
-        splits.setdefault(split_of(file.stem), []).append((str(file), read_file(file, dataset)))
+        if label:
+            name = f"{label}:{file.relative_to(root).as_posix()}" if root.is_dir() else label
+        else:
+            name = str(file)
+        rows = read_file(file, dataset)
+        if hub:
+            rows = [dict(r, _hub=True) if isinstance(r, dict) else r for r in rows]
+        splits.setdefault(split_of(file.stem), []).append((name, rows))
     return splits
+
+
+def local_fingerprint(path: Path) -> str:
+    """Content identity of a local release copy (every data file hashed; a copy over 64 MB by
+    size and modification time), so an edited file changes the dataset's content key."""
+    import hashlib
+
+    root = Path(path)
+    digest = hashlib.sha256()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(file.relative_to(root.parent if root.is_file() else root).as_posix().encode())
+        stat = file.stat()
+        if stat.st_size > 64 << 20:
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+        else:
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _read_cmedqa2(dataset: str, root: Path) -> RawSplits:
@@ -113,17 +166,19 @@ def _csv_rows(dataset: str, path: Path, columns: tuple[str, ...]) -> list[dict]:
     return rows
 
 
-def read_hub(dataset: str, source: str, hub_id: str, config: Optional[str]) -> RawSplits:
-    """Load from the Hugging Face hub (hosts with network only)."""
-    try:
-        import datasets
-        loaded = datasets.load_dataset(hub_id, config)
-    except Exception as exc:  # offline, gated, missing, loading scripts (datasets>=4)
-        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise HarnessError(f"{dataset}: cannot load {hub_id!r} from the hub ({first}); on a host "
-                           "without network set `path` to a local copy of the release") from None
-    splits: RawSplits = {}
-    for name, table in loaded.items():
-        rows = [dict(r, _hub=True) for r in table]
-        splits.setdefault(split_of(name), []).append((f"{hub_id}:{name}", rows))
-    return splits
+def read_hub(dataset: str, source: str, hub_id: str, config: Optional[str],
+             revision: Optional[str] = None, subset: Optional[str] = None) -> tuple[RawSplits, dict]:
+    """A hub dataset through the hub cache: its snapshot folder (the `subset` folder of it
+    where a release holds several) read like a local copy. Returns the splits and what was
+    resolved (id, commit) for the manifest."""
+    from harness import hub
+
+    patterns = [f"{subset}/*" if subset else "*"]
+    resolved = hub.resolve(hub_id, revision, repo_type="dataset", allow_patterns=patterns,
+                           what=f"datasets.{dataset}.path")
+    root = resolved.path / subset if subset else resolved.path
+    if not root.is_dir():
+        raise HarnessError(f"datasets.{dataset}: {hub_id}@{resolved.revision} has no folder "
+                           f"{subset!r} (config {config!r}); check `config`")
+    splits = read_local(dataset, source, root, label=hub_id, hub=True)
+    return splits, {**resolved.describe(), "config": config, "subset": subset}

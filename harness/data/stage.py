@@ -39,7 +39,8 @@ def convert_raw(source: converters.Source, raw: readers.RawSplits):
     return by_split, skipped, files
 
 
-def load_splits(name: str, spec: DatasetSpec) -> tuple[dict[str, list[dict]], dict[str, Any]]:
+def load_splits(name: str, spec: DatasetSpec,
+                project: Path) -> tuple[dict[str, list[dict]], dict[str, Any]]:
     """The dataset's train/dev/test records and a report for the manifest."""
     if spec.source == "synthetic":
         sizes = {"train": spec.train_size, "dev": spec.dev_size, "test": spec.test_size}
@@ -47,11 +48,16 @@ def load_splits(name: str, spec: DatasetSpec) -> tuple[dict[str, list[dict]], di
         return out, {"generator": "harness.data.synthetic", "official_splits": [],
                      "carved": [], "duplicates_removed": {s: 0 for s in S.SPLITS}}
     source = converters.SOURCES[spec.source]
-    raw = (readers.read_local(name, spec.source, spec.path) if readers.is_local(spec.path)
-           else readers.read_hub(name, spec.source, spec.path, spec.config))
+    if readers.is_local(spec.path, project):
+        path = readers.local_path(spec.path, project)
+        raw = readers.read_local(name, spec.source, path, label=spec.path)
+        resolved = {"kind": "local", "ref": spec.path}
+    else:
+        raw, resolved = readers.read_hub(name, spec.source, spec.path, spec.config,
+                                         spec.revision, source.subset(spec.config))
     official, skipped, files = convert_raw(source, raw)
     out, report = S.assign(official, spec.split_seed, spec.dev_fraction, spec.test_fraction)
-    report.update({"files": files, "skipped": dict(skipped)})
+    report.update({"files": files, "skipped": dict(skipped), "resolved": resolved})
     return out, report
 
 
@@ -62,8 +68,8 @@ def _cap_train(records: list[dict], max_train: int | None, seed: int) -> list[di
     return [r for i, r in enumerate(records) if i in keep]
 
 
-def write_dataset(folder: Path, name: str, spec: DatasetSpec) -> dict[str, Any]:
-    out, report = load_splits(name, spec)
+def write_dataset(folder: Path, name: str, spec: DatasetSpec, project: Path) -> dict[str, Any]:
+    out, report = load_splits(name, spec, project)
     out["train"] = _cap_train(out["train"], spec.max_train, spec.split_seed)
     for split, records in out.items():
         if not records:
@@ -107,7 +113,7 @@ def build(ctx: Context, units) -> None:
                 details.update(write_corpus(tmp, corpus["statements"], corpus["seed"]))
             else:
                 name = unit.inputs["name"]
-                details.update(write_dataset(tmp, name, ctx.recipe.datasets[name]))
+                details.update(write_dataset(tmp, name, ctx.recipe.datasets[name], ctx.project))
         log.info("data: built %s [%s] %s", unit.name, unit.key, details.get("counts", ""))
 
 

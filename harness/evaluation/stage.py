@@ -17,25 +17,26 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.executor import run_units
-from harness.models import check_weights_folder
+from harness.models import check_weights_folder, resolve_base
 from harness.plan import Unit
 from harness.stages import Context, register
 
 log = logging.getLogger("harness")
 
 
-def model_location(ctx: Context, unit: Unit) -> str:
-    """A model folder in the run store, or the base's hub id / local folder."""
+def model_location(ctx: Context, unit: Unit) -> tuple[str, dict[str, Any]]:
+    """The folder of the model to evaluate (a run-store artifact, or the base through the
+    resolver) and its portable description for the results."""
     model = unit.inputs["model"]
     if model["stage"] == "external":
-        ref = model["ref"]
-        return ref["path"] if ref["kind"] == "local" else ref["id"]
+        base = resolve_base(ctx.store, model["ref"])
+        return str(base.path), base.describe()
     if not ctx.store.has(model["stage"], model["key"]):
         raise HarnessError(f"eval: {unit.name}: model {model['stage']}/{model['key']} is not "
                            f"built; run `harness {model['stage']} --recipe {ctx.recipe.name}` first")
     folder = ctx.store.path(model["stage"], model["key"]) / "model"
     check_weights_folder(folder)
-    return str(folder)
+    return str(folder), {"kind": "store", "stage": model["stage"], "key": model["key"]}
 
 
 def serve_data(ctx: Context, data: dict[str, str], root: Path) -> Path:
@@ -131,6 +132,7 @@ def evaluate(lm, ctx: Context, task_manager) -> dict[str, Any]:
     return simple_evaluate(
         model=lm, tasks=list(spec.tasks), task_manager=task_manager, limit=spec.limit,
         num_fewshot=0, apply_chat_template=spec.apply_chat_template,
+        system_instruction=ctx.recipe.base.system_prompt if spec.apply_chat_template else None,
         gen_kwargs=gen_kwargs, log_samples=True, use_cache=None, bootstrap_iters=1000,
         random_seed=spec.seed, numpy_random_seed=spec.seed, torch_random_seed=spec.seed,
         fewshot_random_seed=spec.seed, verbosity="WARNING")
@@ -193,9 +195,10 @@ def evaluate_one(ctx: Context, unit: Unit) -> None:
     backend, data_dir, n_options, task_manager, _ = _resources(ctx, unit)
     os.environ["HARNESS_DATA_DIR"] = str(data_dir)
     spec = ctx.recipe.eval
-    location = model_location(ctx, unit)
+    location, described = model_location(ctx, unit)
     out = evaluate(backend.lm_for(location), ctx, task_manager)
-    meta = {"model": unit.inputs["model"], "model_location": location,
+    meta = {"model": unit.inputs["model"], "model_location": described,
+            "system_prompt": ctx.recipe.base.system_prompt,
             "unit": unit.name, "backend": backend.name, "tasks": list(spec.tasks),
             "split": spec.split, "limit": spec.limit, "num_fewshot": 0,
             "data": unit.inputs["data"], "n_options": n_options,

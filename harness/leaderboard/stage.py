@@ -18,6 +18,7 @@ from typing import Any
 from harness.leaderboard import collect as C
 from harness.leaderboard import plots, render, table
 from harness.plan import Unit
+from harness.portable import Portable
 from harness.stages import Context, register
 
 log = logging.getLogger("harness")
@@ -27,9 +28,18 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
+def reproduce_header(published: str, seed) -> str:
+    return ("# Reproduce this model from the checkout root (its run store in ./runs, or\n"
+            "# HARNESS_RUNS_DIR; hub models resolve through the hub cache):\n"
+            f"#   harness reproduce {published} OUT"
+            + (f" --random-seed {seed}" if seed is not None else "") + "\n")
+
+
 def write_provenance(ctx: Context, folder: Path, measured: list[C.Measured]) -> dict[str, str]:
     """models/<model>.json per table row (every seed and grid point of it), with the YAMLs
-    that reproduce each model beside it. Returns row -> link."""
+    that reproduce each model beside it, every path in them made portable (harness/
+    portable.py). Returns row -> link."""
+    portable = Portable(ctx.store.root, ctx.project)
     links: dict[str, str] = {}
     by_row: dict[str, list[C.Measured]] = {}
     for m in measured:
@@ -45,12 +55,18 @@ def write_provenance(ctx: Context, folder: Path, measured: list[C.Measured]) -> 
             for name, src in C.recipe_files(ctx, m).items():
                 dst = folder / "models" / slug / (f"{tag}_{name}" if tag else name)
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dst)
+                text = portable.text(src.read_text(encoding="utf-8"))
+                if name == "mergekit.yaml":
+                    seed = (record.get("model_manifest") or {}).get("details", {}).get("random_seed")
+                    published = f"leaderboard/{ctx.recipe.name}/{dst.relative_to(folder)}"
+                    text = reproduce_header(published, seed) + text
+                dst.write_text(text, encoding="utf-8")
                 record["files"][name] = str(dst.relative_to(folder))
             records.append(record)
         path = folder / "models" / f"{slug}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(records, indent=2, ensure_ascii=False, default=str))
+        path.write_text(portable.text(json.dumps(records, indent=2, ensure_ascii=False,
+                                                 default=str)), encoding="utf-8")
         links[row] = str(path.relative_to(folder))
     return links
 

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.hub import Resolved
 from harness.models import check_weights_folder, safetensors_header
 
 CONFIG_KEYS = ("architectures", "num_hidden_layers", "hidden_size", "intermediate_size",
@@ -21,10 +22,11 @@ def _shapes(folder: Path) -> dict[str, list[int]]:
     return shapes
 
 
-def check_compatible(base: Path, models: dict[str, Path]) -> None:
-    """Same architecture, layer count, vocabulary and embedding shapes as the base."""
-    want = json.loads((base / "config.json").read_text())
-    want_shapes = _shapes(base)
+def check_compatible(base: Resolved, models: dict[str, Path]) -> dict:
+    """Same architecture, layer count, vocabulary and embedding shapes as the (resolved)
+    base; returns what was checked against what, for the manifest."""
+    want = json.loads((base.path / "config.json").read_text())
+    want_shapes = _shapes(base.path)
     for name, folder in models.items():
         got = json.loads((folder / "config.json").read_text())
         for key in CONFIG_KEYS:
@@ -37,6 +39,8 @@ def check_compatible(base: Path, models: dict[str, Path]) -> None:
                 raise HarnessError(f"merge pre-flight: {name} ({folder}) has {tensor} of shape "
                                    f"{shape} but the base has {want_shapes.get(tensor)}; the "
                                    "vocabularies differ (resize or re-export the specialist)")
+    return {"base": base.describe(), "models": len(models), "passed": list(CONFIG_KEYS) +
+            [f"{t} shape" for t in want_shapes]}
 
 
 def check_disk(target: Path, model: Path, count: int) -> None:

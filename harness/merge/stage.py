@@ -21,7 +21,7 @@ from harness.merge import preflight
 from harness.merge.config import mergekit_config, validate
 from harness.plan import Unit
 from harness.stages import Context, register
-from harness.train.stage import base_location
+from harness.models import resolve_base
 
 log = logging.getLogger("harness")
 
@@ -46,15 +46,16 @@ def build_baseline(ctx: Context, unit: Unit, scorer) -> None:
 
     from harness.scoring.hf import load_model
 
-    base = base_location(ctx, unit.inputs["base"])
+    base = resolve_base(ctx.store, unit.inputs["base"])
     models = model_paths(ctx, unit)
-    config = mergekit_config(unit.inputs["method"], unit.inputs["params"], base,
+    config = mergekit_config(unit.inputs["method"], unit.inputs["params"], str(base.path),
                              [str(p) for p in models.values()], ctx.recipe.base.dtype)
     seed = unit.inputs["seed"]
     details: dict[str, Any] = {
         "method": unit.inputs["method"], "params": unit.inputs["params"], "random_seed": seed,
         "reproduce": f"mergekit-yaml mergekit.yaml OUT --random-seed {seed}",
-        "model_keys": {str(p): k for k, p in models.items()}, "base": unit.inputs["base"]}
+        "model_keys": {str(p): k for k, p in models.items()}, "base": base.describe(),
+        "preflight": preflight.check_compatible(base, models)}
     with ctx.store.build("merge", unit.key, unit.inputs, unit.versions, details) as tmp:
         (tmp / "mergekit.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         run_merge(validate(config), str(tmp / "model"),
@@ -80,18 +81,19 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
     from harness.evaluation.tasks import resolve_backend
 
     scorer_spec = ctx.recipe.scorer
-    base = base_location(ctx, unit.inputs["base"])
+    base = resolve_base(ctx.store, unit.inputs["base"])
     names = {sp.name: sp for sp in ctx.recipe.specialists}
     keys = dict(zip(names, unit.inputs["models"]))
     models = {n: ctx.store.path("specialists", k) / "model" for n, k in keys.items()}
+    checked = preflight.check_compatible(base, models)
     dtype = getattr(torch, ctx.recipe.base.dtype)
-    engine = InMemoryMerger(Path(base), models, dtype)
+    engine = InMemoryMerger(base.path, models, dtype)
     setup = ScorerSetup(
-        resolve_backend(scorer_spec.backend), base, {n: str(p) for n, p in models.items()},
+        resolve_backend(scorer_spec.backend), str(base.path), {n: str(p) for n, p in models.items()},
         {n: (str(path), kind) for n, (path, kind) in _dev_sets(ctx).items()},
         scorer_spec.limit, ctx.recipe.base.dtype, ctx.recipe.eval.apply_chat_template,
         scorer_spec.batch_size, ctx.recipe.eval.max_model_len,
-        ctx.recipe.eval.tensor_parallel_size)
+        ctx.recipe.eval.tensor_parallel_size, ctx.recipe.base.system_prompt)
     batch = None
     if distributed(ctx.recipe.executor):
         # candidates go to `workers` scoring processes (pool or Ray actors), batch by batch
@@ -111,12 +113,12 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
         result = method.run()
     finally:
         scorer.close()
-    config = mergekit_yaml(result["final"], engine.layers, base,
+    config = mergekit_yaml(result["final"], engine.layers, str(base.path),
                            {n: str(p) for n, p in models.items()}, ctx.recipe.base.dtype)
     details: dict[str, Any] = {
         "method": "hi_merging", "options": options.__dict__, "random_seed": unit.inputs["seed"],
-        "reproduce": "mergekit-yaml mergekit.yaml OUT",
-        "model_keys": {str(p): keys[n] for n, p in models.items()},
+        "reproduce": "mergekit-yaml mergekit.yaml OUT", "base": base.describe(),
+        "preflight": checked, "model_keys": {str(p): keys[n] for n, p in models.items()},
         "model_wise": result["model_wise"], "dev_scores": result["dev_final"],
         "candidates_scored": method.cache.misses, "cache_hits": method.cache.hits,
         "scorer": scorer.stats()}
@@ -140,10 +142,11 @@ def build_one(ctx: Context, unit: Unit) -> None:
 
     if unit.inputs["method"] == "hi_merging":
         return build_hi_merging(ctx, unit)
-    first = next(iter(model_paths(ctx, unit).values()))
-    scorer = HFScorer(first, batch_size=ctx.recipe.scorer.batch_size,
+    # a merged model carries the base's tokenizer (tokenizer_source: base)
+    base = resolve_base(ctx.store, unit.inputs["base"])
+    scorer = HFScorer(base.path, batch_size=ctx.recipe.scorer.batch_size,
                       apply_chat_template=ctx.recipe.eval.apply_chat_template,
-                      limit=ctx.recipe.scorer.limit)
+                      limit=ctx.recipe.scorer.limit, system_prompt=ctx.recipe.base.system_prompt)
     build_baseline(ctx, unit, scorer)
 
 
@@ -151,14 +154,13 @@ def build_one(ctx: Context, unit: Unit) -> None:
 def build(ctx: Context, units: list[Unit]) -> None:
     baselines = [u for u in units if u.inputs["method"] != "hi_merging"]
     by_models: dict[tuple, list[Unit]] = defaultdict(list)
-    for unit in baselines:
+    for unit in units:  # baselines and Hi-Merging searches: each writes one model
         by_models[tuple(unit.inputs["models"])].append(unit)
     for group in by_models.values():  # every check before any tensor work
-        base = base_location(ctx, group[0].inputs["base"])
-        if Path(base).is_dir():
-            preflight.check_compatible(Path(base), model_paths(ctx, group[0]))
-        first = next(iter(model_paths(ctx, group[0]).values()))
-        preflight.check_disk(ctx.store.stage_dir("merge"), first, len(group))
+        base = resolve_base(ctx.store, group[0].inputs["base"])
+        models = model_paths(ctx, group[0])
+        preflight.check_compatible(base, models)
+        preflight.check_disk(ctx.store.stage_dir("merge"), next(iter(models.values())), len(group))
     if distributed(ctx.recipe.executor):
         # a Hi-Merging search runs here and spreads its candidate batches over the executor's
         # processes (a search holding a GPU while waiting on them could starve them)

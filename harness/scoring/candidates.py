@@ -15,7 +15,8 @@ import torch
 class CandidateScorer:
     def __init__(self, backend: str, base: str | Path, dev: dict[str, tuple[list[dict], str]],
                  dtype: str, apply_chat_template: bool, batch_size: int = 32,
-                 max_model_len: int = 2048, tensor_parallel_size: int = 1):
+                 max_model_len: int = 2048, tensor_parallel_size: int = 1,
+                 system_prompt: str | None = None):
         self.backend = backend
         self.dev = dev
         self.forward_seconds = 0.0
@@ -23,10 +24,11 @@ class CandidateScorer:
         if backend == "vllm":
             from harness.scoring.vllm_scorer import VLLMScorer
             self.engine = VLLMScorer(base, dtype, max_model_len, apply_chat_template,
-                                     tensor_parallel_size)
+                                     tensor_parallel_size, system_prompt=system_prompt)
         else:
             from harness.scoring.hf import HFScorer, ResidentHFModel
-            self.hf = HFScorer(base, batch_size=batch_size, apply_chat_template=apply_chat_template)
+            self.hf = HFScorer(base, batch_size=batch_size, apply_chat_template=apply_chat_template,
+                               system_prompt=system_prompt)
             self.engine = ResidentHFModel(base, dtype)
 
     def score(self, tensors: dict[str, torch.Tensor], task: str) -> float:

@@ -18,13 +18,14 @@ from harness.scoring.requests import Pair, Requests, accuracy, mean_token_loglik
 
 class HFScorer:
     def __init__(self, tokenizer_dir: str | Path, batch_size: int = 32,
-                 apply_chat_template: bool = True, limit: int | None = None):
+                 apply_chat_template: bool = True, limit: int | None = None,
+                 system_prompt: str | None = None):
         from transformers import AutoTokenizer
 
         self.tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
-        self.requests = Requests(self.tok, apply_chat_template)
+        self.requests = Requests(self.tok, apply_chat_template, system_prompt)
         self.batch_size = batch_size
         self.limit = limit
 

@@ -34,6 +34,7 @@ class ScorerSetup:
     batch_size: int
     max_model_len: int
     tensor_parallel_size: int
+    system_prompt: str | None = None
 
     def scorer(self):
         """The resident scorer (its engine holds the base until candidates are pushed in)."""
@@ -44,7 +45,7 @@ class ScorerSetup:
                for t, (p, k) in self.dev.items()}
         return CandidateScorer(self.backend, self.base, dev, self.dtype,
                                self.apply_chat_template, self.batch_size, self.max_model_len,
-                               self.tensor_parallel_size)
+                               self.tensor_parallel_size, self.system_prompt)
 
 
 class _Resident:

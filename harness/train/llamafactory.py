@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,10 +73,21 @@ def pretrain_config(model: str, dataset_dir: Path, output_dir: str, steps: int, 
             "warmup_ratio": 0.05, "output_dir": output_dir}
 
 
+def model_source(model: str, revision: str | None) -> dict[str, Any]:
+    """Where LLaMA-Factory loads the base from: a folder, or a hub id pinned to the commit the
+    harness's resolver found in the hub cache (LLaMA-Factory runs offline, so it reads exactly
+    that snapshot)."""
+    return {"model_name_or_path": model, **({"model_revision": revision} if revision else {})}
+
+
 def sft_config(model: str, dataset: str, dataset_dir: Path, template: str, ft: Finetuning,
                output_dir: str, seed: int, trust_remote_code: bool,
-               overrides: dict[str, Any]) -> dict[str, Any]:
-    config = {**common(model, template, seed, trust_remote_code), "stage": "sft",
+               overrides: dict[str, Any], system_prompt: str,
+               revision: str | None = None) -> dict[str, Any]:
+    # default_system: the recipe's system prompt replaces the template's own default, so the
+    # specialists are trained on the text the scorer and the eval send
+    config = {**common(model, template, seed, trust_remote_code), **model_source(model, revision),
+              "default_system": system_prompt, "stage": "sft",
               "do_train": True, "finetuning_type": ft.type, "dataset": dataset,
               "dataset_dir": str(dataset_dir), "cutoff_len": ft.cutoff_len,
               "per_device_train_batch_size": ft.per_device_train_batch_size,
@@ -92,10 +104,10 @@ def sft_config(model: str, dataset: str, dataset_dir: Path, template: str, ft: F
 
 
 def export_config(model: str, adapter: str, template: str, export_dir: str,
-                  trust_remote_code: bool) -> dict[str, Any]:
+                  trust_remote_code: bool, revision: str | None = None) -> dict[str, Any]:
     # export_size (GB per shard) far above the model size: a shard limit near it has been seen
     # to export the unmerged base silently; the stage also checks the weights moved.
-    return {"model_name_or_path": model, "adapter_name_or_path": adapter, "template": template,
+    return {**model_source(model, revision), "adapter_name_or_path": adapter, "template": template,
             "finetuning_type": "lora", "trust_remote_code": trust_remote_code,
             "export_dir": export_dir, "export_size": 50, "export_device": "cpu",
             "export_legacy_format": False}
@@ -134,3 +146,27 @@ def train_losses(output_dir: Path) -> list[float]:
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r["loss"] for r in rows if "loss" in r]
+
+
+# What a published model folder holds: weights (safetensors only), config, tokenizer.
+MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt",
+               "added_tokens.json", "tokenizer.model")
+
+
+def publish_model(src: Path, dst: Path, tokenizer_from: Path | None = None) -> Path:
+    """A LLaMA-Factory output folder as a model folder: its safetensors and config, the
+    tokenizer from `tokenizer_from` where given (LLaMA-Factory writes its own template into
+    the tokenizer it saves; a model keeps the one it was built with)."""
+    dst.mkdir(parents=True)
+    weights = sorted(src.glob("*.safetensors")) + sorted(src.glob("*.safetensors.index.json"))
+    if not any(p.suffix == ".safetensors" for p in weights):
+        raise HarnessError(f"{src}: LLaMA-Factory wrote no safetensors weights")
+    for path in weights:
+        shutil.copy2(path, dst / path.name)
+    for name in MODEL_FILES:
+        own = name in ("config.json", "generation_config.json")  # always the trained model's
+        source = (src if own or tokenizer_from is None else tokenizer_from) / name
+        if source.exists():
+            shutil.copy2(source, dst / name)
+    return dst

@@ -15,32 +15,14 @@ from harness.data import synthetic
 from harness.data.records import read_jsonl
 from harness.errors import HarnessError
 from harness.executor import run_units
+from harness.models import base_reference, resolve_base
 from harness.plan import Unit
 from harness.recipe import Finetuning, Recipe
 from harness.stages import Context, register
 from harness.train import llamafactory as lf
 
 log = logging.getLogger("harness")
-# What a published model folder holds: weights (safetensors only), config, tokenizer.
-MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-               "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt",
-               "added_tokens.json", "tokenizer.model")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
-
-
-def publish_model(src: Path, dst: Path, tokenizer_from: Path | None = None) -> Path:
-    dst.mkdir(parents=True)
-    weights = sorted(src.glob("*.safetensors")) + sorted(src.glob("*.safetensors.index.json"))
-    if not any(p.suffix == ".safetensors" for p in weights):
-        raise HarnessError(f"{src}: LLaMA-Factory wrote no safetensors weights")
-    for path in weights:
-        shutil.copy2(path, dst / path.name)
-    for name in MODEL_FILES:
-        own = name in ("config.json", "generation_config.json")  # always the trained model's
-        source = (src if own or tokenizer_from is None else tokenizer_from) / name
-        if source.exists():
-            shutil.copy2(source, dst / name)
-    return dst
 
 
 def weights_differ(model: Path, base: Path) -> bool:
@@ -62,12 +44,6 @@ def weights_differ(model: Path, base: Path) -> bool:
     return False
 
 
-def base_location(ctx: Context, base: dict[str, Any]) -> str:
-    if base["kind"] == "tiny":
-        return str(ctx.store.path("specialists", base["key"]) / "model")
-    return base["path"] if base["kind"] == "local" else base["id"]
-
-
 def _final(ctx: Context, unit: Unit) -> Path:
     return ctx.store.path("specialists", unit.key)
 
@@ -83,18 +59,16 @@ def build_tiny_base(ctx: Context, unit: Unit) -> None:
     details: dict[str, Any] = {}
     with ctx.store.build("specialists", unit.key, unit.inputs, unit.versions, details) as tmp:
         texts = [r["text"] for r in read_jsonl(corpus_dir / "corpus.jsonl")]
-        extras = synthetic.tokenizer_extras() + [tiny.DEFAULT_SYSTEM] * 200
-        tokenizer = tiny.train_tokenizer(texts + extras, spec.vocab_size)
+        extras = synthetic.tokenizer_extras() + [ctx.recipe.base.system_prompt] * 200
         init = tmp / "init"  # config + tokenizer, no weights: LLaMA-Factory initialises them
-        tiny.model_config(spec, tokenizer).save_pretrained(init)
-        tokenizer.save_pretrained(init)
+        tiny.prepare_init(spec, tiny.FORMATS[spec.architecture], texts + extras, init)
         config = lf.pretrain_config(str(init), corpus_dir, str(tmp / "lf_output"),
                                     spec.pretrain_steps, spec.pretrain_lr,
                                     spec.pretrain_batch_size, spec.cutoff_len, seed=0)
         _train(ctx, unit, tmp, config, "pretrain", details)
         # LLaMA-Factory's `default` template would be written into the saved tokenizer; the
-        # model keeps ours (the `qwen` template the specialists are trained and scored with).
-        publish_model(tmp / "lf_output", tmp / "model", tokenizer_from=init)
+        # model keeps ours (its architecture's chat template).
+        lf.publish_model(tmp / "lf_output", tmp / "model", tokenizer_from=init)
         shutil.rmtree(tmp / "lf_output")
         details["parameters"] = _parameters(tmp / "model")
 
@@ -110,26 +84,27 @@ def _train(ctx: Context, unit: Unit, tmp: Path, config: dict[str, Any], name: st
                   _reproducible(config, tmp, final, output_dir=saves))
     with tempfile.TemporaryDirectory() as run_dir:
         run_yaml = lf.write_yaml(Path(run_dir) / f"{name}.yaml", config)
-        lf.run("train", run_yaml, tmp / "llamafactory" / f"{name}.log", offline=_offline(ctx),
+        # offline always: the resolver already put every hub file LLaMA-Factory reads in the
+        # cache, and nothing else may be fetched behind its back
+        lf.run("train", run_yaml, tmp / "llamafactory" / f"{name}.log", offline=True,
                env=_launch_env(ctx))
     losses = lf.train_losses(Path(config["output_dir"]))
     details[name] = {"losses": losses[:1] + losses[-1:], "logged_steps": len(losses)}
 
 
-def check_cutoff(base: str, dataset_dir: Path, dataset: str, cutoff: int, template_note: str) -> None:
+def check_cutoff(base: Path, dataset_dir: Path, dataset: str, cutoff: int, system_prompt: str,
+                 template_note: str) -> None:
     """LLaMA-Factory cuts a prompt longer than cutoff_len from the END: the options and the
     answer cue would be lost and the model would learn nothing. Measure before training."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(base)
+    from harness.scoring.requests import Requests
+
+    requests = Requests(AutoTokenizer.from_pretrained(str(base)), True, system_prompt)
     info = json.loads((dataset_dir / "dataset_info.json").read_text())
     for name in dataset.split(","):
         rows = json.loads((dataset_dir / info[name]["file_name"]).read_text())[:200]
-        texts = [f"{r['instruction']}\n{r['input']}" for r in rows]
-        if tok.chat_template:
-            texts = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
-                                             add_generation_prompt=True) for t in texts]
-        lengths = [len(tok.encode(t, add_special_tokens=False)) + 2 for t in texts]
+        lengths = [len(requests.context(f"{r['instruction']}\n{r['input']}")) + 2 for r in rows]
         over = sum(n > cutoff for n in lengths)
         if over > len(lengths) // 100:
             raise HarnessError(f"specialists: {name}: {over} of the first {len(lengths)} training "
@@ -140,39 +115,44 @@ def check_cutoff(base: str, dataset_dir: Path, dataset: str, cutoff: int, templa
 def build_finetune(ctx: Context, unit: Unit, ft: Finetuning, dataset: str, dataset_dir: Path,
                    overrides: dict[str, Any]) -> None:
     recipe: Recipe = ctx.recipe
-    base = base_location(ctx, unit.inputs["base"])
-    if dataset_dir is not None:
-        check_cutoff(base, dataset_dir, dataset, overrides.get("cutoff_len", ft.cutoff_len),
-                     " with the chat template")
-    details: dict[str, Any] = {"base": base, "dataset": dataset}
+    base = resolve_base(ctx.store, unit.inputs["base"])
+    # LLaMA-Factory reads a hub base by its id at the resolved commit, offline (the published
+    # YAML names the id, not this machine's cache); the tiny or a local base by its folder
+    model, revision = (base.ref, base.revision) if base.kind == "hub" else (str(base.path), None)
+    details: dict[str, Any] = {"base": base.describe(), "dataset": dataset}
     with ctx.store.build("specialists", unit.key, unit.inputs, unit.versions, details) as tmp:
         if dataset_dir is None:  # multi-task: one dataset_info naming every specialist's file
             dataset_dir = _mixed_dataset_dir(ctx, tmp / "mixed_data")
+        check_cutoff(base.path, dataset_dir, dataset, overrides.get("cutoff_len", ft.cutoff_len),
+                     recipe.base.system_prompt, " with the chat template")
         output = tmp / ("adapter" if ft.type == "lora" else "lf_output")
-        config = lf.sft_config(base, dataset, dataset_dir, recipe.base.template, ft, str(output),
-                               unit.inputs["seed"], recipe.base.trust_remote_code, overrides)
+        config = lf.sft_config(model, dataset, dataset_dir, recipe.base.template, ft, str(output),
+                               unit.inputs["seed"], recipe.base.trust_remote_code, overrides,
+                               recipe.base.system_prompt, revision)
         _train(ctx, unit, tmp, config, "train", details)
         if ft.type == "lora":
-            export = lf.export_config(base, str(output), recipe.base.template, str(tmp / "exported"),
-                                      recipe.base.trust_remote_code)
+            export = lf.export_config(model, str(output), recipe.base.template,
+                                      str(tmp / "exported"), recipe.base.trust_remote_code,
+                                      revision)
             saves = f"saves/{recipe.name}/{unit.key}"  # where train.yaml puts the adapter
             lf.write_yaml(tmp / "llamafactory" / "export.yaml",
                           _reproducible(export, tmp, _final(ctx, unit), adapter_name_or_path=saves,
                                         export_dir=f"{saves}-merged"))
             with tempfile.TemporaryDirectory() as run_dir:
                 lf.run("export", lf.write_yaml(Path(run_dir) / "export.yaml", export),
-                       tmp / "llamafactory" / "export.log", offline=_offline(ctx))
-            publish_model(tmp / "exported", tmp / "model")
+                       tmp / "llamafactory" / "export.log", offline=True)
+            lf.publish_model(tmp / "exported", tmp / "model")
             shutil.rmtree(tmp / "exported")
             for pickled in output.glob("*.bin"):  # training_args.bin: a pickle, never loaded
                 pickled.unlink()
         else:
-            publish_model(output, tmp / "model")
+            lf.publish_model(output, tmp / "model")
             shutil.rmtree(output)
-        if Path(base).is_dir() and not weights_differ(tmp / "model", Path(base)):
+        if not weights_differ(tmp / "model", base.path):
             raise HarnessError(f"specialists: {unit.name}: the exported weights equal the base "
-                               f"({base}); LLaMA-Factory exported the unmerged base or trained "
-                               "nothing. Check learning_rate/max_steps and the export log.")
+                               f"({base.pinned}); LLaMA-Factory exported the unmerged base or "
+                               "trained nothing. Check learning_rate/max_steps and the export log.")
+        details["differs_from_base"] = True  # checked against the resolved base just above
         details["parameters"] = _parameters(tmp / "model")
 
 
@@ -203,10 +183,6 @@ def _parameters(model: Path) -> int:
                     n *= d
                 total += n
     return total
-
-
-def _offline(ctx: Context) -> bool:
-    return ctx.recipe.base.kind != "hub"
 
 
 def _launch_env(ctx: Context) -> dict[str, str]:
@@ -250,10 +226,10 @@ def preflight(ctx: Context, units: list[Unit]) -> None:
     if recipe.base.template not in lf.known_templates():
         raise HarnessError(f"recipe {recipe.name}: base.template {recipe.base.template!r} is not "
                            "a LLaMA-Factory template; use e.g. qwen (Qwen2) or llama3 (Llama-3)")
-    if recipe.base.kind == "local":
-        folder = Path(recipe.base.model).expanduser()
-        if not any((folder / f).exists() for f in TOKENIZER_FILES):
-            raise HarnessError(f"recipe {recipe.name}: base.model {folder} has no tokenizer "
+    if recipe.base.kind != "tiny":  # a hub base resolves here, before any training
+        base = resolve_base(ctx.store, base_reference(recipe.base))
+        if not any((base.path / f).exists() for f in TOKENIZER_FILES):
+            raise HarnessError(f"recipe {recipe.name}: base.model {base.pinned} has no tokenizer "
                                f"({' / '.join(TOKENIZER_FILES)}); save the tokenizer beside the weights")
     check_deepspeed(ctx)
     for sp in recipe.specialists:
