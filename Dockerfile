@@ -1,6 +1,7 @@
 # GPU image: the harness with the real vllm, both envs built by the Makefile from the same lock
 # files as on any host (requirements/train.lock, requirements/eval-gpu.lock). Build: make docker.
-#   docker run --gpus all -v "$PWD/out:/data" merge-harness make recipe=qwen2_en_zh
+#   docker run --gpus all --ipc=host -v "$PWD/out:/data" merge-harness make recipe=qwen2_en_zh
+# (--ipc=host, or --shm-size: the vLLM scorer stages weights in /dev/shm, 64 MB by default)
 # The run store, the Hugging Face cache and the published leaderboard live under /data.
 FROM nvidia/cuda:13.0.0-devel-ubuntu22.04
 

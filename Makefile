@@ -34,10 +34,11 @@ ARGS = --recipe $(recipe)$(if $(SEEDS), --seeds $(SEEDS))
 
 .DEFAULT_GOAL := all
 .PHONY: all run setup test bench validate plan install-harness lock lock-train lock-eval \
-        docker envs lint-env clean-envs browser fetch $(STAGES)
+        docker envs lint-env clean-envs browser fetch check $(STAGES)
 
-## all: every stage of the recipe, in order (each skips what is cached)
+## all: every stage of the recipe, in order (each skips what is cached), after the host check
 all: setup
+	$(HARNESS) check $(ARGS)
 	$(HARNESS) fetch $(ARGS)
 	$(HARNESS) data $(ARGS)
 	$(HARNESS) specialists $(ARGS)
@@ -47,7 +48,8 @@ all: setup
 
 run: all
 
-$(STAGES) fetch: setup
+## check: can this host run the recipe (GPUs, dtype, disk, /dev/shm, RAM, hub, envs, Ray)
+$(STAGES) fetch check: setup
 	$(HARNESS) $@ $(ARGS)
 
 ## plan: print every unit of work with its content key (cached or to do)
@@ -82,6 +84,7 @@ test: setup browser lint-env
 ## bench: speed figures measured in one run (ratios and medians, not timed tests)
 bench: setup
 	$(EVAL_ENV)/bin/python bench/merge_speed.py
+	$(EVAL_ENV)/bin/python bench/merge_stage.py
 	VLLM_LOGGING_LEVEL=WARNING $(EVAL_ENV)/bin/python bench/contribution_speed.py
 	VLLM_LOGGING_LEVEL=WARNING $(EVAL_ENV)/bin/python bench/eval_throughput.py hf
 	VLLM_LOGGING_LEVEL=WARNING $(EVAL_ENV)/bin/python bench/eval_throughput.py vllm

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.plan import STAGES, build_plan, format_plan
+from harness.plan import STAGES, build_plan
 from harness.recipe import Recipe, load_recipe, load_recipe_file, parse_recipe
 from harness.stages import Context, run_stage
 from harness.store import Store
@@ -85,7 +85,9 @@ def cmd_stage(args) -> int:
     ctx = _context(args)
     stages = STAGES if args.command == "run" else (args.command,)
     if args.dry_run:
-        print(format_plan(ctx.plan, ctx.store, stages))
+        from harness.resources import report
+
+        print("\n".join(report(ctx, stages)))
         return 0
     if args.command == "run":
         from harness.fetch import fetch
@@ -103,6 +105,19 @@ def cmd_fetch(args) -> int:
     for resolved in fetch(ctx):
         print(f"{resolved.ref}@{resolved.revision}")
     return 0
+
+
+def cmd_check(args) -> int:
+    from harness.check import FAIL, run_checks
+
+    ctx = _context(args)
+    lines = run_checks(ctx)
+    for line in lines:
+        print(line)
+    failed = [line for line in lines if line.status == FAIL]
+    print(f"check {ctx.recipe.name}: " + (f"{len(failed)} check(s) failed" if failed else
+                                          "every check passed"))
+    return 1 if failed else 0
 
 
 def cmd_reproduce(args) -> int:
@@ -146,6 +161,11 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--recipe", default="tiny_en_zh", help="recipe name under recipes/")
     f.add_argument("--seeds", help=argparse.SUPPRESS)
     f.set_defaults(func=cmd_fetch)
+    k = sub.add_parser("check", help="can this host run the recipe: GPUs, dtype, disk, /dev/shm, "
+                                     "RAM, hub access, envs, Ray (one line each)")
+    k.add_argument("--recipe", default="tiny_en_zh", help="recipe name under recipes/")
+    k.add_argument("--seeds", help="override the recipe's seeds, e.g. 0,1,2")
+    k.set_defaults(func=cmd_check)
     r = sub.add_parser("reproduce", help="run a published mergekit YAML (leaderboard/<recipe>/"
                                          "models/) with mergekit, its runs/... and org/name@commit "
                                          "names resolved on this machine")

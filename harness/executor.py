@@ -81,6 +81,14 @@ def run_units(ctx, stage: str, units: list, fn: UnitFn) -> None:
         raise UnitsFailed(stage, failures, len(units))
 
 
+def _metered_call(fn: UnitFn, ctx, unit) -> None:
+    """Run one unit with its cost metered (recorded in its manifest, harness/cost.py)."""
+    from harness.cost import metered
+
+    with metered():
+        fn(ctx, unit)
+
+
 def _error(exc: BaseException) -> str:
     """One line: a HarnessError's own message (it names file, field and fix), else type: text."""
     if isinstance(exc, HarnessError):
@@ -99,7 +107,7 @@ def _run_here(ctx, stage: str, units: list, fn: UnitFn, spec) -> list[Failure]:
         while True:
             attempts += 1
             try:
-                fn(ctx, unit)
+                _metered_call(fn, ctx, unit)
                 break
             except Exception as exc:  # noqa: BLE001 - reported below, never swallowed
                 if _final(exc, attempts, spec.retries):
@@ -183,7 +191,7 @@ def _run_pool(ctx, stage: str, units: list, fn: UnitFn, spec) -> list[Failure]:
 
     def submit(unit) -> None:
         attempts[unit.key] += 1
-        pending[executor.submit(fn, ctx, unit)] = (unit, executor)
+        pending[executor.submit(_metered_call, fn, ctx, unit)] = (unit, executor)
 
     for unit in units:
         submit(unit)
@@ -213,7 +221,7 @@ def _run_pool(ctx, stage: str, units: list, fn: UnitFn, spec) -> list[Failure]:
 def _ray_unit(fn: UnitFn, ctx, unit, level: int, threads: int | None) -> str | None:
     _init_worker(level, threads)
     try:
-        fn(ctx, unit)
+        _metered_call(fn, ctx, unit)
     except HarnessError as exc:  # bad input: returned, so Ray does not retry it
         return _error(exc)
     return None

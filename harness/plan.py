@@ -16,7 +16,7 @@ from harness.errors import HarnessError
 from harness.evaluation.tasks import data_key, resolve_backend, task_data, tasks_hash
 from harness.models import base_reference
 from harness.recipe import MergeSpec, Recipe
-from harness.store import Store, content_key
+from harness.store import content_key
 from harness.versions import stage_versions
 
 STAGES = ("data", "specialists", "merge", "eval", "leaderboard")
@@ -127,24 +127,24 @@ def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
             plan["specialists"].append(unit)
             models.append((f"multitask seed={seed}", "specialists", unit.key))
 
+        # Dev scores choose every merge (a baseline's grid point, Hi-Merging's candidates), so
+        # the scorer and the dev data shape the output. `auto` is resolved here: a GPU and a
+        # CPU host score with different engines.
+        scoring = {"scorer": {**recipe.scorer.model_dump(),
+                              "backend": resolve_backend(recipe.scorer.backend)},
+                   "dev_data": sorted(data_keys[sp.dataset] for sp in recipe.specialists)}
         for spec in recipe.merges:
             common = {"method": spec.method, "base": base, "models": specialist_keys,
-                      "seed": seed}
+                      "seed": seed, **scoring}
             if spec.method == "hi_merging":
-                # Its search scores candidates on the dev split, so the scorer shapes the output.
-                # `auto` is resolved here: a GPU and a CPU host score with different engines.
-                scorer = {**recipe.scorer.model_dump(),
-                          "backend": resolve_backend(recipe.scorer.backend)}
-                points = [{"options": spec.options, "scorer": scorer,
-                           "dev_data": sorted(data_keys.values())}]
-            else:
-                points = [{"params": p} for p in grid_points(spec)]
-            for point in points:
-                label = _point_label(point.get("params", {})) if "params" in point else "search"
-                unit = _unit("merge", f"{spec.method} [{label}] seed={seed}",
-                             {**common, **point}, requirements, tuple(specialist_keys))
-                plan["merge"].append(unit)
-                models.append((unit.name, "merge", unit.key))
+                point, label = {"options": spec.options}, "search"
+            else:  # the whole grid in one unit: scored in memory, only the best point written
+                points = grid_points(spec)
+                point, label = {"grid": points}, f"grid of {len(points)}"
+            unit = _unit("merge", f"{spec.method} [{label}] seed={seed}", {**common, **point},
+                         requirements, tuple(specialist_keys))
+            plan["merge"].append(unit)
+            models.append((unit.name, "merge", unit.key))
 
     tasks_dir = requirements.parent / "tasks"
     served = {data_key(d.source, d.language, d.task_type): data_keys[n]
@@ -168,16 +168,3 @@ def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
                                      {"evals": eval_keys, "recipe": recipe.name},
                                      requirements, eval_keys))
     return plan
-
-
-def format_plan(plan: dict[str, list[Unit]], store: Store, stages=STAGES) -> str:
-    rows = []
-    for stage in stages:
-        for unit in plan[stage]:
-            status = "cached" if store.has(stage, unit.key) else "to do"
-            rows.append((stage, unit.key, status, unit.name))
-    lines = [f"{'stage':<12} {'key':<16}  {'status':<6}  unit"]
-    lines += [f"{s:<12} {k:<16}  {st:<6}  {n}" for s, k, st, n in rows]
-    todo = sum(1 for r in rows if r[2] == "to do")
-    lines.append(f"{len(rows)} units, {len(rows) - todo} cached, {todo} to do")
-    return "\n".join(lines)

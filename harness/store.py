@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from harness import __version__
+from harness import __version__, cost
 from harness.errors import HarnessError
 
 MANIFEST = "manifest.json"
@@ -114,6 +114,7 @@ class Store:
                 "harness_version": __version__,
                 "started": started, "finished": time.time(),
                 "seconds": round(time.time() - started, 3),
+                "cost": cost.reading(stage, inputs, details or {}, started),
                 "files": files,
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False,

@@ -43,7 +43,7 @@ def test_dry_run_prints_every_unit_with_its_key(harness_bin, project, runs_dir):
     units = [u for s in STAGES for u in plan[s]]
     assert len(units) > 20
     for unit in units:
-        assert re.search(rf"^{unit.stage}\s+{unit.key}\s+to do\s+{re.escape(unit.name)}$",
+        assert re.search(rf"^{unit.stage}\s+{unit.key}\s+to do\s.*\s{re.escape(unit.name)}$",
                          proc.stdout, re.M), unit
     assert f"{len(units)} units, 0 cached, {len(units)} to do" in proc.stdout
     assert not runs_dir.exists()  # a dry run writes nothing
@@ -109,7 +109,7 @@ def test_fetch_offline_names_what_is_missing_in_one_line(harness_bin, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     env.pop("HF_HUB_CACHE", None)
     proc = run(harness_bin + ["fetch", "--recipe", "qwen2_en_zh"], env=env)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     (line,) = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert "base.model 'Qwen/Qwen2-7B-Instruct': not in the hub cache" in line
     assert "HF_HUB_OFFLINE is set; run `harness fetch" in line and "Traceback" not in proc.stderr
@@ -142,11 +142,53 @@ def test_reproduce_refuses_bad_input_in_one_line(harness_bin, tmp_path):
     bad = tmp_path / "x.yaml"
     bad.write_text("models: []\n")
     proc = run(harness_bin + ["reproduce", str(bad), str(tmp_path / "out")])
-    assert proc.returncode == 1 and "not a mergekit config (no merge_method)" in proc.stderr
+    assert proc.returncode == 2 and "not a mergekit config (no merge_method)" in proc.stderr
     config = tmp_path / "ties.yaml"
     config.write_text(yaml.safe_dump({"merge_method": "ties", "base_model": "runs/r/specialists/k/model",
                                       "models": [{"model": "runs/r/specialists/j/model"}]}))
     proc = run(harness_bin + ["reproduce", str(config), str(tmp_path / "out")],
                env={**os.environ, "HARNESS_RUNS_DIR": str(tmp_path / "runs")})
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{tmp_path / 'runs'}/r/specialists/k/model: model folder not found" in proc.stderr
+
+
+def test_check_names_each_failing_check_in_one_line(harness_bin, tmp_path):
+    """On this host (no GPU, no hub) the paper recipe fails its checks, one line each with
+    its fix, exit 1, no traceback; the tiny recipe passes."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "HARNESS_RUNS_DIR": str(tmp_path / "runs")}
+    env.pop("HF_HUB_CACHE", None)
+    env.pop("RAY_ADDRESS", None)
+    proc = run(harness_bin + ["check", "--recipe", "qwen2_en_zh"], env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    failed = [line for line in lines if line.startswith("FAIL")]
+    assert lines[-1] == f"check qwen2_en_zh: {len(failed)} check(s) failed"
+    assert any(l.startswith("FAIL  gpu: the recipe asks for 1 GPU(s)") and "0 CUDA GPU(s)" in l
+               for l in failed)
+    hub_lines = [l for l in failed if l.startswith("FAIL  hub ")]
+    assert {l.split(":")[0] for l in hub_lines} == {
+        "FAIL  hub base.model", "FAIL  hub datasets.medqa.path", "FAIL  hub datasets.medmcqa.path",
+        "FAIL  hub datasets.cmexam.path", "FAIL  hub datasets.cmb.path"}
+    assert all("harness fetch" in l for l in hub_lines)
+    assert all(l.startswith(("ok", "FAIL", "skip")) for l in lines[:-1])
+    proc = run(harness_bin + ["check", "--recipe", "tiny_en_zh"], env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[-1] == "check tiny_en_zh: every check passed"
+    assert not any(l.startswith("FAIL") for l in proc.stdout.splitlines())
+
+
+def test_dry_run_prints_disk_ram_and_gpu_per_unit(harness_bin, runs_dir):
+    """The plan's needs: per unit, then the peaks; the paper recipe's base size comes from its
+    name offline (7B in bfloat16), every grid point scored in memory, one model per method."""
+    proc = run(harness_bin + ["run", "--recipe", "qwen2_en_zh", "--dry-run"])
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "base: 7000000000 parameters (hub id name), 13.04 GiB in bfloat16" in out
+    merges = [l for l in out.splitlines() if l.startswith("merge ")]
+    assert len(merges) == 8 and all(l.split()[4] == "13.04" for l in merges)  # one model each
+    peak = next(l for l in out.splitlines() if l.startswith("peak disk"))
+    # base export + 3 fine-tunes + 8 merges, every unit kept: 11 models of 13.04 GiB
+    assert peak.startswith("peak disk (run store, every unit kept): 143.42 GiB")
+    assert "peak GPU memory per GPU: 17.95 GiB" in out and "/dev/shm for the vLLM scorer: 13.04" in out
+    assert "GPU-hours from stated defaults" in out

@@ -71,3 +71,34 @@ def test_image_runs_make_with_the_data_volume():
     assert any(w == "VOLUME" and "/data" in a for w, a in ins)
     users = [a for w, a in ins if w == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
+
+
+def test_documented_docker_run_lines_give_the_scorer_shared_memory():
+    """The vLLM scorer stages swapped weights in /dev/shm, 64 MB in a default `docker run`:
+    every documented run line gives it the host's (--ipc=host) or a size (--shm-size)."""
+    lines = [line for path in (PROJECT / "README.md", DOCKERFILE)
+             for line in path.read_text().splitlines() if "docker run" in line and "--gpus" in line]
+    assert lines
+    for line in lines:
+        assert "--ipc=host" in line or "--shm-size" in line, line
+
+
+def test_check_catches_a_small_dev_shm(monkeypatch):
+    """`harness check` fails the shm line, naming the docker flag, when /dev/shm is Docker's
+    default 64 MB and the vLLM scorer swaps a 7B model's weights."""
+    from harness import check
+    from harness.recipe import load_recipe
+    from harness.plan import build_plan
+    from harness.stages import Context
+    from harness.store import Store
+
+    recipe = load_recipe("qwen2_en_zh", PROJECT / "recipes")
+    ctx = Context(recipe, Store(PROJECT / "runs", recipe.name),
+                  build_plan(recipe, PROJECT / "requirements"), PROJECT)
+    needs = check.resources.plan_needs(ctx)
+    assert needs["shm"] > 10 * 2 ** 30  # a whole 7B candidate in bf16
+    monkeypatch.setattr(check, "shm_free", lambda: 64 * 2 ** 20)
+    line = check.check_shm(ctx, needs)
+    assert line.status == check.FAIL and "--ipc=host" in line.text and "/dev/shm" in line.text
+    monkeypatch.setattr(check, "shm_free", lambda: 64 * 2 ** 30)
+    assert check.check_shm(ctx, needs).status == check.OK

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.plan import build_plan
+from harness.plan import _point_label, build_plan
 from harness.recipe import parse_recipe
 from harness.stages import Context, run_stage
 from harness.store import Store
@@ -40,9 +40,18 @@ def make_project(tmp: Path) -> Path:
 def plant(ctx: Context, rng: random.Random, skip: set[str] = frozenset()) -> dict[str, dict]:
     """Merge manifests with dev scores, and one results.json per eval unit (random numbers)."""
     for unit in ctx.plan["merge"]:
-        with ctx.store.build("merge", unit.key, unit.inputs, unit.versions,
-                             {"dev_scores": {"synth_mcqa_en": rng.random(),
-                                             "synth_mcqa_zh": rng.random()}}) as tmp:
+        grid = [{"params": p, "point": _point_label(p),
+                 "dev_scores": {"synth_mcqa_en": rng.random(), "synth_mcqa_zh": rng.random()}}
+                for p in unit.inputs.get("grid", [{}])]
+        for point in grid:
+            point["dev_mean"] = sum(point["dev_scores"].values()) / 2
+        best = max(grid, key=lambda p: p["dev_mean"])
+        for point in grid:
+            point["selected"] = point is best
+        details = {"dev_scores": best["dev_scores"]}
+        if "grid" in unit.inputs:
+            details.update(params=best["params"], grid=grid)
+        with ctx.store.build("merge", unit.key, unit.inputs, unit.versions, details) as tmp:
             (tmp / "mergekit.yaml").write_text("merge_method: planted\n")
     planted = {}
     for unit in ctx.plan["eval"]:
@@ -85,8 +94,6 @@ def test_table_numbers_are_the_eval_numbers(board):
     assert set(rows) == names
     # recompute every measured cell from the planted results.json files
     producers = {u.key: u for s in ("specialists", "merge") for u in ctx.plan[s]}
-    dev = {u.key: ctx.store.manifest("merge", u.key)["details"]["dev_scores"]
-           for u in ctx.plan["merge"]}
     expected: dict[str, list[dict]] = {}
     for unit in ctx.plan["eval"]:
         producer = producers.get(unit.inputs["model"]["key"])
@@ -95,13 +102,7 @@ def test_table_numbers_are_the_eval_numbers(board):
         elif "specialist" in producer.inputs:
             name = producer.inputs["specialist"]["name"]
         else:
-            name = producer.inputs["method"]
-            if name != "hi_merging":  # only the best-on-dev point of each seed counts
-                rivals = [u for u in ctx.plan["merge"] if u.inputs["method"] == name
-                          and u.inputs["seed"] == producer.inputs["seed"]]
-                best = max(rivals, key=lambda u: sum(dev[u.key].values()))
-                if best.key != producer.key:
-                    continue
+            name = producer.inputs["method"]  # one unit per method and seed: its chosen point
         expected.setdefault(name, []).append(planted[unit.key])
     for name, results in expected.items():
         row = rows[name]
@@ -142,12 +143,21 @@ def test_outputs_and_provenance(board):
     data = json.loads((folder / "leaderboard.json").read_text())
     ties = next(r for r in data["rows"] if r["model"] == "ties")
     records = json.loads((folder / ties["_link"]).read_text())
-    assert {r["seed"] for r in records} == {0, 1} and len(records) == 6  # 3 grid points x 2 seeds
+    assert {r["seed"] for r in records} == {0, 1} and len(records) == 2  # the chosen point a seed
     assert all((folder / f).is_file() for r in records for f in r["files"].values())
     assert all(r["model_manifest"]["inputs"]["method"] == "ties" for r in records)
     grid = read_csv(folder / "grid.csv")
-    assert len(grid) == len(ctx.plan["merge"])
-    assert sum(r["selected"] == "True" for r in grid if r["model"] == "ties") == 2  # one per seed
+    points = sum(len(u.inputs.get("grid", [{}])) for u in ctx.plan["merge"])
+    assert len(grid) == points and points > len(ctx.plan["merge"])
+    ties = [r for r in grid if r["model"] == "ties"]
+    assert len(ties) == 6 and sum(r["selected"] == "True" for r in ties) == 2  # one per seed
+    for seed in ("0", "1"):  # the chosen point is the best mean dev score; no test numbers
+        rows = [r for r in ties if r["seed"] == seed]
+        chosen = next(r for r in rows if r["selected"] == "True")
+        assert float(chosen["dev_score"]) == max(float(r["dev_score"]) for r in rows)
+        assert float(chosen["dev_score"]) == pytest.approx(
+            (float(chosen["dev_synth_mcqa_en"]) + float(chosen["dev_synth_mcqa_zh"])) / 2)
+    assert not set(grid[0]) & set(TASKS)
     # the stored leaderboard is cached; a deleted published folder comes back on the next run
     shutil.rmtree(folder)
     assert run_stage(ctx, "leaderboard") == []

@@ -15,7 +15,7 @@ def make_n(*args, cwd=PROJECT):
 def test_make_recipe_runs_every_stage_in_order():
     out = make_n("recipe=tiny_en_zh")
     stages = re.findall(r"bin/harness (\w+) --recipe tiny_en_zh", out)
-    assert stages == ["fetch", "data", "specialists", "merge", "eval", "leaderboard"]
+    assert stages == ["check", "fetch", "data", "specialists", "merge", "eval", "leaderboard"]
 
 
 def test_make_stage_targets_and_seeds():

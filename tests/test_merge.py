@@ -11,7 +11,6 @@ import yaml
 from harness.errors import HarnessError
 from harness.merge.config import mergekit_config, validate
 from harness.merge.memory import InMemoryMerger, layer_of, load_folder
-from harness.merge.stage import best_grid_points
 from harness.merge_methods import METHODS
 from harness.plan import build_plan, grid_points
 from harness.recipe import parse_recipe
@@ -55,8 +54,9 @@ def test_every_baseline_is_built_with_its_mergekit_yaml(merged):
     ctx = merged
     baselines = [u for u in ctx.plan["merge"] if u.inputs["method"] != "hi_merging"]
     assert all(ctx.store.has("merge", u.key) for u in ctx.plan["merge"])
-    assert len(baselines) == sum(len(grid_points(m)) for m in ctx.recipe.merges
-                                 if m.method != "hi_merging")
+    # one unit per method and seed, holding its whole grid
+    assert [u.inputs["grid"] for u in baselines] == [
+        grid_points(m) for m in ctx.recipe.merges if m.method != "hi_merging"]
     base, models = _models(ctx)
     for unit in baselines:
         folder = ctx.store.path("merge", unit.key)
@@ -68,6 +68,9 @@ def test_every_baseline_is_built_with_its_mergekit_yaml(merged):
         details = ctx.store.manifest("merge", unit.key)["details"]
         assert details["random_seed"] == 0 and set(details["model_keys"].values()) == set(models)
         assert set(details["dev_scores"]) == {"synth_mcqa_en", "synth_mcqa_zh"}
+        assert details["mergekit_equals_in_memory"] is True
+        assert details["scorer"]["backend"] == "hf"
+        assert details["scorer"]["scored"] == 2 * len(unit.inputs["grid"])
         if METHODS[unit.inputs["method"]].uses_base:
             assert config["base_model"] == str(base) and config["parameters"]["normalize"] is False
 
@@ -114,14 +117,40 @@ def test_one_layer_candidate_equals_that_layer_of_the_full_merge(merged):
     assert layer_of("model.embed_tokens.weight") is None and layer_of("lm_head.weight") is None
 
 
-def test_best_grid_point_is_chosen_on_dev(merged):
+def test_best_grid_point_is_chosen_on_dev_and_only_it_is_written(merged, tmp_path):
+    """Every point is dev-scored in memory; the chosen one (best mean dev score) is the only
+    model in the store; a point that was not written scores, once written by mergekit and
+    loaded from disk, what the in-memory scorer recorded for it."""
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    from harness.merge.stage import _dev_sets
+    from harness.scoring.hf import HFScorer, load_model
+
     ctx = merged
-    best = best_grid_points(ctx)
-    assert set(best) == {(m.method, 0) for m in ctx.recipe.merges if m.method != "hi_merging"}
-    for (method, _), unit in best.items():
-        mean = lambda u: sum(ctx.store.manifest("merge", u.key)["details"]["dev_scores"].values())
-        rivals = [u for u in ctx.plan["merge"] if u.inputs["method"] == method]
-        assert mean(unit) == max(mean(u) for u in rivals)
+    units = ctx.plan["merge"]
+    weights = list(ctx.store.stage_dir("merge").rglob("*.safetensors"))
+    assert sorted(p.relative_to(ctx.store.stage_dir("merge")).parts[0] for p in weights) == sorted(
+        u.key for u in units)  # one model per unit (one weights file each): no other grid point
+    ties = next(u for u in units if u.inputs["method"] == "ties")
+    details = ctx.store.manifest("merge", ties.key)["details"]
+    grid = details["grid"]
+    assert [p["params"] for p in grid] == ties.inputs["grid"] and len(grid) == 3
+    chosen = max(grid, key=lambda p: p["dev_mean"])
+    assert [p["selected"] for p in grid] == [p is chosen for p in grid]
+    assert details["params"] == chosen["params"] and details["dev_scores"] == chosen["dev_scores"]
+    other = next(p for p in grid if not p["selected"])
+    base, models = _models(ctx)
+    config = mergekit_config("ties", other["params"], str(base), [str(p) for p in models.values()],
+                             "float32")
+    run_merge(validate(config), str(tmp_path / "other"),
+              MergeOptions(random_seed=0, quiet=True, copy_tokenizer=True))
+    scorer = HFScorer(base, batch_size=ctx.recipe.scorer.batch_size, limit=ctx.recipe.scorer.limit,
+                      apply_chat_template=ctx.recipe.eval.apply_chat_template,
+                      system_prompt=ctx.recipe.base.system_prompt)
+    model = load_model(tmp_path / "other")
+    for task, (path, kind) in _dev_sets(ctx).items():
+        assert scorer.score(model, path, kind) == pytest.approx(other["dev_scores"][task], abs=1e-6)
 
 
 def test_different_vocabulary_fails_preflight(merged, tmp_path):
@@ -180,9 +209,10 @@ def test_killed_hi_merging_search_resumes(merged, tmp_path, monkeypatch):
 
     ctx = merged
     root = tmp_path / "runs"
-    shutil.copytree(ctx.store.root, root, ignore=shutil.ignore_patterns("merge"))
+    shutil.copytree(ctx.store.root, root)  # the baselines stay built: only the search runs
     other = Context(ctx.recipe, Store(root, ctx.recipe.name), ctx.plan, PROJECT)
     unit = next(u for u in ctx.plan["merge"] if u.inputs["method"] == "hi_merging")
+    shutil.rmtree(other.store.path("merge", unit.key))
     real = scoring.CandidateScorer.score
     calls = {"n": 0}
 

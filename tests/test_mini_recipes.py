@@ -36,7 +36,7 @@ def reduced(recipe: str, repo: str) -> dict:
         sp["finetuning"].update(max_steps=4, per_device_train_batch_size=4)
     data["multitask"]["finetuning"].update(max_steps=4, per_device_train_batch_size=4)
     data["merges"] = [
-        {"method": "ties", "grid": {"density": [0.5], "weight": [1.0]}},
+        {"method": "ties", "grid": {"density": [0.3, 0.7], "weight": [1.0]}},
         {"method": "hi_merging", "options": {"prune_grid": [0.5, 1.0], "scale_grid": [1.0]}},
     ]
     data["eval"].update(limit=6, max_gen_toks=8)
@@ -111,6 +111,20 @@ def test_leaderboard_rows_come_from_the_eval_files(mini_run):
             assert float(rows[row["model"]][task]) == pytest.approx(
                 results[task][f"{metric},none"], abs=1e-9)
             assert f"bleu4_{'13a' if task == 'chatdoctor' else 'zh'},none" in results[task]
+
+
+def test_baseline_grid_is_dev_scored_on_the_vllm_scorer_and_only_its_choice_written(mini_run):
+    ctx, _, _ = mini_run
+    (ties,) = [u for u in ctx.plan["merge"] if u.inputs["method"] == "ties"]
+    details = ctx.store.manifest("merge", ties.key)["details"]
+    assert details["scorer"]["backend"] == "vllm"
+    assert details["scorer"]["scored"] == 2 * 3  # two grid points x three dev sets
+    assert [p["params"]["density"] for p in details["grid"]] == [0.3, 0.7]
+    assert sum(p["selected"] for p in details["grid"]) == 1
+    assert details["mergekit_equals_in_memory"] is True
+    merge_dir = ctx.store.stage_dir("merge")
+    written = {p.relative_to(merge_dir).parts[0] for p in merge_dir.rglob("*.safetensors")}
+    assert written == {u.key for u in ctx.plan["merge"]}  # the chosen point and Hi-Merging only
 
 
 def test_hi_merging_ran_on_the_vllm_scorer(mini_run):

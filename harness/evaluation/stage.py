@@ -67,6 +67,8 @@ class HFBackend(Backend):
     def lm_for(self, location: str):
         import torch
         from lm_eval.models.huggingface import HFLM
+
+        from harness.devices import torch_device
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         dtype = getattr(torch, self.base.dtype)
@@ -75,7 +77,7 @@ class HFBackend(Backend):
             trust_remote_code=self.base.trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(
             location, trust_remote_code=self.base.trust_remote_code)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch_device()
         return HFLM(pretrained=model.to(device), tokenizer=tokenizer, device=device,
                     batch_size=self.spec.batch_size, max_length=self.spec.max_model_len)
 
@@ -209,6 +211,7 @@ def evaluate_one(ctx: Context, unit: Unit) -> None:
         result = write_results(folder, out, meta)
         details["results"] = {t: {k: v for k, v in m.items() if isinstance(v, (int, float))}
                               for t, m in result["results"].items()}
+        details["items"] = sum(int(n.get("effective", 0)) for n in result["n-samples"].values())
     log.info("eval: %s [%s] %s", unit.name, unit.key, details["results"])
 
 

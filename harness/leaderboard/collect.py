@@ -1,8 +1,8 @@
 """What the leaderboard reads: one Measured per eval unit of the plan, its numbers taken from
 that eval's results.json in the run store and nothing else.
 
-Which grid point of a baseline is published is decided on DEV (the merge stage's recorded dev
-scores, `best_grid_points`); the test numbers shown for it are its eval's. An eval that is not
+Which grid point of a baseline is published was decided on DEV by the merge stage, which wrote
+and evaluated only that point; its manifest keeps every point's dev scores (the grid table). An eval that is not
 in the store under the plan's current key (never run, or made by other inputs) is missing: its
 row says so and is never filled from anywhere else.
 """
@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from harness.evaluation.tasks import data_key, task_configs, task_data
-from harness.merge.stage import best_grid_points
 from harness.plan import Unit, _point_label
 from harness.stages import Context
 
@@ -41,8 +40,8 @@ class Measured:
     model_key: str
     point: str = ""              # a merge's grid point, e.g. "density=0.5,weight=1.0"
     params: dict[str, Any] = field(default_factory=dict)
-    selected: bool = True        # the published point of its method and seed (chosen on dev)
     dev_score: Optional[float] = None
+    grid: list[dict[str, Any]] = field(default_factory=list)  # every point's dev scores
     results: Optional[dict[str, Any]] = None  # results.json; None = missing
 
     @property
@@ -89,7 +88,7 @@ def _producers(ctx: Context) -> dict[str, Unit]:
     return {u.key: u for stage in ("specialists", "merge") for u in ctx.plan[stage]}
 
 
-def _describe(unit: Optional[Unit], best: dict) -> dict[str, Any]:
+def _describe(ctx: Context, unit: Optional[Unit]) -> dict[str, Any]:
     if unit is None:
         return {"row": "base", "kind": "base", "seed": None}
     inputs = unit.inputs
@@ -98,32 +97,33 @@ def _describe(unit: Optional[Unit], best: dict) -> dict[str, Any]:
     if "multitask" in inputs:
         return {"row": "multitask", "kind": "multitask", "seed": inputs["seed"]}
     if "method" in inputs:
-        method, seed = inputs["method"], inputs["seed"]
-        params = inputs.get("params", {})
-        selected = method == "hi_merging" or best.get((method, seed)) == unit
-        return {"row": method, "kind": "merge", "seed": seed, "params": params,
-                "point": _point_label(params) if "params" in inputs else "search",
-                "selected": selected}
+        info: dict[str, Any] = {"row": inputs["method"], "kind": "merge", "seed": inputs["seed"],
+                                "point": "search" if "options" in inputs else ""}
+        if ctx.store.has("merge", unit.key):
+            details = ctx.store.manifest("merge", unit.key)["details"]
+            scores = details.get("dev_scores") or {}
+            info["dev_score"] = sum(scores.values()) / len(scores) if scores else None
+            info["grid"] = details.get("grid") or [
+                {"point": "search", "params": {}, "dev_scores": scores,
+                 "dev_mean": info["dev_score"], "selected": True}]
+            if "grid" in inputs:
+                info["params"] = details["params"]
+                info["point"] = _point_label(details["params"])
+        return info
     return {"row": "base", "kind": "base", "seed": None}  # the tiny base, built here
 
 
 def collect(ctx: Context) -> list[Measured]:
-    best = best_grid_points(ctx)
     producers = _producers(ctx)
     out = []
     for unit in ctx.plan["eval"]:
         model = unit.inputs["model"]
         producer = producers.get(model["key"]) if model["stage"] != "external" else None
-        info = _describe(producer, best)
-        dev = None
-        if producer is not None and producer.stage == "merge" and ctx.store.has("merge", producer.key):
-            scores = ctx.store.manifest("merge", producer.key)["details"].get("dev_scores") or {}
-            dev = sum(scores.values()) / len(scores) if scores else None
         results = None
         if ctx.store.has("eval", unit.key):
             results = json.loads((ctx.store.path("eval", unit.key) / "results.json").read_text())
         out.append(Measured(eval_unit=unit, model_stage=model["stage"], model_key=model["key"],
-                            dev_score=dev, results=results, **info))
+                            results=results, **_describe(ctx, producer)))
     return out
 
 

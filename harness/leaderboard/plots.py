@@ -41,11 +41,11 @@ def bars(path: Path, rows: list[dict[str, Any]], tasks: list[Task]) -> None:
 
 
 def grid(path: Path, grid_rows: list[dict[str, Any]]) -> bool:
-    """Per method with more than one grid point: test average (and dev score) against the
-    swept parameter; the dev-selected point is ringed. False when nothing was swept."""
+    """Per method with more than one grid point: the mean dev score against the swept
+    parameter; the selected point is ringed. False when nothing was swept."""
     methods: dict[str, list[dict[str, Any]]] = {}
     for r in grid_rows:
-        if r["point"] != "search" and r["avg"] is not None:
+        if r["point"] != "search" and r["dev_score"] is not None:
             methods.setdefault(r["model"], []).append(r)
     swept = {}
     for method, rows in methods.items():
@@ -63,16 +63,16 @@ def grid(path: Path, grid_rows: list[dict[str, Any]]) -> bool:
         ax.set_visible(False)
     for ax, (method, (rows, axis)) in zip(axes.flat, swept.items()):
         for seed in sorted({r["seed"] for r in rows}):
-            pts = sorted((r[axis], r["avg"], r["selected"]) for r in rows if r["seed"] == seed)
+            pts = sorted((r[axis], r["dev_score"], r["selected"]) for r in rows if r["seed"] == seed)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"seed {seed}")
             for xv, yv, sel in pts:
                 if sel:
                     ax.scatter([xv], [yv], s=140, facecolors="none", edgecolors="black")
         ax.set_title(method)
         ax.set_xlabel(axis.removeprefix("param_"))
-        ax.set_ylabel("test avg")
+        ax.set_ylabel("dev mean")
         ax.legend(fontsize=7)
-    fig.suptitle("Grid: test average per point (ringed: chosen on dev)")
+    fig.suptitle("Grid: mean dev score per point (ringed: chosen, the one evaluated on test)")
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -48,20 +48,25 @@ def header(tasks: list[Task]) -> list[str]:
             + ["avg", "avg rank", "rel. impr. %", "expert-norm.", "chance-corr. acc"])
 
 
-def grid_table(grid_rows: list[dict[str, Any]], tasks: list[Task]) -> list[list[str]]:
+def _dev_columns(grid_rows: list[dict[str, Any]]) -> list[str]:
+    return sorted({k for r in grid_rows for k in r if k.startswith("dev_") and k != "dev_score"})
+
+
+def grid_table(grid_rows: list[dict[str, Any]]) -> list[list[str]]:
+    dev = _dev_columns(grid_rows)
     out = []
     for r in grid_rows:
-        cells = [r["model"], "" if r["seed"] is None else str(r["seed"]), r["point"],
-                 "" if r["dev_score"] is None else f"{r['dev_score']:.3f}",
-                 "yes" if r["selected"] else ""]
-        cells += ["missing" if r["status"] == "missing" else fmt(r.get(t.name)) for t in tasks]
-        cells.append(fmt(r.get("avg")))
+        cells = [r["model"], "" if r["seed"] is None else str(r["seed"]), r["point"]]
+        cells += ["" if r.get(c) is None else f"{r[c]:.3f}" for c in dev]
+        cells += ["" if r["dev_score"] is None else f"{r['dev_score']:.3f}",
+                  "yes" if r["selected"] else ""]
         out.append(cells)
     return out
 
 
-def grid_header(tasks: list[Task]) -> list[str]:
-    return ["method", "seed", "point", "dev score", "selected"] + [t.name for t in tasks] + ["avg"]
+def grid_header(grid_rows: list[dict[str, Any]]) -> list[str]:
+    dev = [c.replace("_", " ", 1) for c in _dev_columns(grid_rows)]
+    return ["method", "seed", "point"] + dev + ["dev mean", "selected"]
 
 
 def write_data(folder: Path, rows, grid_rows, tasks, meta: dict[str, Any]) -> None:
@@ -95,8 +100,10 @@ def readme(folder: Path, rows, grid_rows, tasks, meta: dict[str, Any], plots: li
                   "leaderboard.csv), not measured here; they are not ranked.", ""]
     lines += ["## Definitions", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS.items()] + [""]
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
-    lines += ["## Full grid (every grid point, every seed)", "",
-              tabulate(grid_table(grid_rows, tasks), headers=grid_header(tasks), tablefmt="pipe",
+    lines += ["## Full grid (every grid point, every seed: dev scores)", "",
+              "Each point was built in memory and scored on the dev split; only the selected "
+              "one was written and evaluated on test (its numbers are the table above).", "",
+              tabulate(grid_table(grid_rows), headers=grid_header(grid_rows), tablefmt="pipe",
                        disable_numparse=True), "",
               f"Files: leaderboard.csv, leaderboard.json, grid.csv, index.html, plots/, models/. "
               f"Rebuild: `make recipe={meta['recipe']}"
@@ -118,7 +125,7 @@ def _html_table(head: list[str], body: list[list[str]], links: list[Optional[str
 def index_html(folder: Path, rows, grid_rows, tasks, meta: dict[str, Any], plots: list[str]) -> None:
     main = _html_table(header(tasks), headline(rows, tasks, link=False),
                        [r.get("_link") for r in rows])
-    grid = _html_table(grid_header(tasks), grid_table(grid_rows, tasks), [None] * len(grid_rows))
+    grid = _html_table(grid_header(grid_rows), grid_table(grid_rows), [None] * len(grid_rows))
     defs = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>"
                    for k, v in DEFINITIONS.items())
     images = "".join(f'<figure><img src="{html.escape(p)}" alt="{html.escape(p)}"></figure>'

@@ -91,7 +91,7 @@ def write_leaderboard(ctx: Context, folder: Path, unit: Unit) -> dict[str, Any]:
     rows = table.main_rows(measured, tasks) + table.reference_rows(
         ctx.recipe.leaderboard.reference, tasks)
     table.derive(rows, tasks)
-    grid_rows = table.grid_rows(measured, tasks)
+    grid_rows = table.grid_rows(measured)
     links = write_provenance(ctx, folder, measured)
     for r in rows:
         r["_link"] = links.get(r["model"])

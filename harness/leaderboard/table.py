@@ -31,7 +31,8 @@ DEFINITIONS = {
     "cc_avg": "mean of the <task>_cc columns",
     "selection": "a baseline's grid point is the one with the best mean DEV score for its seed "
                  "(the merge stage's dev scores: accuracy 0-1 for multiple choice, mean token "
-                 "log-likelihood for open QA); the full grid is in grid.csv",
+                 "log-likelihood for open QA); only that point is written and evaluated on test; "
+                 "every point's dev scores are in grid.csv",
 }
 KIND_ORDER = {"base": 0, "specialist": 1, "multitask": 2, "merge": 3, "reported": 4}
 
@@ -64,8 +65,7 @@ def main_rows(measured: list[Measured], tasks: list[Task]) -> list[dict[str, Any
     """One row per model over its seeds: the selected point of each method and seed."""
     groups: dict[tuple[str, str], list[Measured]] = {}
     for m in measured:
-        if m.selected:
-            groups.setdefault((m.kind, m.row), []).append(m)
+        groups.setdefault((m.kind, m.row), []).append(m)
     rows = []
     for (kind, name), group in groups.items():
         done = [m for m in group if not m.missing]
@@ -143,22 +143,20 @@ def _ranks(values: list[tuple[int, Optional[float]]]) -> dict[int, float]:
     return out
 
 
-def grid_rows(measured: list[Measured], tasks: list[Task]) -> list[dict[str, Any]]:
-    """Every merge the recipe built, per seed: its dev score, test numbers and selection."""
+def grid_rows(measured: list[Measured]) -> list[dict[str, Any]]:
+    """Every grid point the merge stage scored, per method and seed: its DEV scores and whether
+    it was chosen. Test numbers exist only for the chosen point (the leaderboard row): the
+    others were never written or evaluated."""
     rows = []
     for m in measured:
         if m.kind != "merge":
             continue
-        row: dict[str, Any] = {"model": m.row, "seed": m.seed, "point": m.point,
-                               **{f"param_{k}": v for k, v in m.params.items()},
-                               "dev_score": m.dev_score,
-                               "selected": m.selected,
-                               "status": "missing" if m.missing else "measured"}
-        for task in tasks:
-            row[task.name] = None if m.missing else metric(m.results, task.name)[0]
-        vals = [row[t.name] for t in tasks]
-        row["avg"] = _mean(vals) if all(v is not None for v in vals) else None
-        rows.append(row)
+        for point in m.grid:
+            row: dict[str, Any] = {"model": m.row, "seed": m.seed, "point": point["point"],
+                                   **{f"param_{k}": v for k, v in point["params"].items()},
+                                   **{f"dev_{t}": v for t, v in point["dev_scores"].items()},
+                                   "dev_score": point["dev_mean"], "selected": point["selected"]}
+            rows.append(row)
     return rows
 
 

@@ -1,9 +1,16 @@
-"""The merge stage: every baseline method and grid point, produced by mergekit.
+"""The merge stage: every method's merged model, produced by mergekit.
 
-Each merged model ships `mergekit.yaml`, the exact config that reproduces it with
+A baseline unit is one method and seed with its whole grid: every grid point is built in
+memory (mergekit's own merge code, harness/merge/memory.py) and dev-scored by the resident
+candidate scorer that `scorer.backend` names (vLLM with weights swapped in place, or
+transformers), on the GPU when there is one. Only the point with the best mean dev score is
+written, through `mergekit-yaml`'s code, and evaluated on test; the manifest keeps every
+point's dev scores (the leaderboard's grid.csv). A Hi-Merging search is one unit too, scored by
+the same resident scorer. The test split is never looked at here.
+
+Each written model ships `mergekit.yaml`, the exact config that reproduces it with
 `mergekit-yaml mergekit.yaml OUT --random-seed SEED` (absolute paths; the manifest maps each
-path to its content key), and its dev-split scores, from which the leaderboard publishes each
-method's best grid point. The test split is never looked at here.
+path to its content key).
 """
 from __future__ import annotations
 
@@ -14,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tqdm.auto import tqdm
 
+from harness.cost import metered
 from harness.executor import distributed, run_units
 from harness.merge_methods import HI_MERGING_OPTIONS
 from harness.merge import preflight
 from harness.merge.config import mergekit_config, validate
-from harness.plan import Unit
+from harness.plan import Unit, _point_label
 from harness.stages import Context, register
 from harness.models import resolve_base
 
@@ -40,31 +49,90 @@ def model_paths(ctx: Context, unit: Unit) -> dict[str, Path]:
     return {key: ctx.store.path("specialists", key) / "model" for key in unit.inputs["models"]}
 
 
-def build_baseline(ctx: Context, unit: Unit, scorer) -> None:
+def scorer_setup(ctx: Context, base_path: Path, models: dict[str, Path]):
+    """What the resident candidate scorer needs: one setup for baselines and Hi-Merging."""
+    from harness.evaluation.tasks import resolve_backend
+    from harness.scoring.pool import ScorerSetup
+
+    spec, recipe = ctx.recipe.scorer, ctx.recipe
+    return ScorerSetup(
+        resolve_backend(spec.backend), str(base_path), {n: str(p) for n, p in models.items()},
+        {n: (str(path), kind) for n, (path, kind) in _dev_sets(ctx).items()},
+        spec.limit, recipe.base.dtype, recipe.eval.apply_chat_template, spec.batch_size,
+        recipe.eval.max_model_len, recipe.eval.tensor_parallel_size, recipe.base.system_prompt)
+
+
+def dev_items(setup) -> dict[str, int]:
+    """Dev records scored per task for one candidate (the scorer's limit applied)."""
+    from harness.data.records import read_jsonl
+
+    counts = {t: len(read_jsonl(Path(path))) for t, (path, _) in setup.dev.items()}
+    return {t: min(n, setup.limit) if setup.limit else n for t, n in counts.items()}
+
+
+def _scored_since(scorer, before: dict[str, Any]) -> dict[str, Any]:
+    """The resident scorer's counters for this unit only (it outlives the unit)."""
+    now = scorer.stats()
+    return {k: (round(v - before.get(k, 0), 3) if isinstance(v, (int, float)) else v)
+            for k, v in now.items()}
+
+
+def _mean(scores: dict[str, float]) -> float:
+    return sum(scores.values()) / len(scores)
+
+
+def build_grid(ctx: Context, unit: Unit) -> None:
+    """One baseline method and seed: every grid point built in memory and dev-scored on the
+    resident scorer; the best point written by mergekit and checked equal to its in-memory
+    tensors."""
+    import torch
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    from harness.scoring.hf import load_model
+    from harness.merge.memory import load_folder
+    from harness.scoring.pool import resident_candidates, resident_scorer
 
+    method, seed = unit.inputs["method"], unit.inputs["seed"]
     base = resolve_base(ctx.store, unit.inputs["base"])
     models = model_paths(ctx, unit)
-    config = mergekit_config(unit.inputs["method"], unit.inputs["params"], str(base.path),
-                             [str(p) for p in models.values()], ctx.recipe.base.dtype)
-    seed = unit.inputs["seed"]
+    setup = scorer_setup(ctx, base.path, models)
     details: dict[str, Any] = {
-        "method": unit.inputs["method"], "params": unit.inputs["params"], "random_seed": seed,
+        "method": method, "random_seed": seed, "base": base.describe(),
         "reproduce": f"mergekit-yaml mergekit.yaml OUT --random-seed {seed}",
-        "model_keys": {str(p): k for k, p in models.items()}, "base": base.describe(),
+        "model_keys": {str(p): k for k, p in models.items()},
         "preflight": preflight.check_compatible(base, models)}
+    scorer = resident_scorer(setup)
+    engine = resident_candidates(setup).engine
+    before = scorer.stats()
+    grid = []
+    for params in tqdm(unit.inputs["grid"], desc=f"{method} seed={seed} grid", unit="point",
+                       leave=False):
+        tensors = engine.merge(method, params, seed=seed)
+        scores = {task: scorer.score(tensors, task) for task in setup.dev}
+        grid.append({"params": params, "point": _point_label(params), "dev_scores": scores,
+                     "dev_mean": _mean(scores)})
+        del tensors
+    best = max(range(len(grid)), key=lambda i: grid[i]["dev_mean"])  # a tie: the first point
+    chosen = grid[best]["params"]
+    for i, point in enumerate(grid):
+        point["selected"] = i == best
+    details.update(params=chosen, dev_scores=grid[best]["dev_scores"], grid=grid,
+                   scorer=_scored_since(scorer, before), points=len(grid),
+                   items=sum(dev_items(setup).values()) * len(grid))
+    config = mergekit_config(method, chosen, str(base.path), [str(p) for p in models.values()],
+                             ctx.recipe.base.dtype)
+    dtype = getattr(torch, ctx.recipe.base.dtype)
     with ctx.store.build("merge", unit.key, unit.inputs, unit.versions, details) as tmp:
         (tmp / "mergekit.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         run_merge(validate(config), str(tmp / "model"),
                   MergeOptions(random_seed=seed, quiet=True, copy_tokenizer=True,
                                trust_remote_code=ctx.recipe.base.trust_remote_code))
-        model = load_model(tmp / "model", ctx.recipe.base.dtype)
-        details["dev_scores"] = {name: scorer.score(model, path, kind)
-                                 for name, (path, kind) in _dev_sets(ctx).items()}
-    log.info("merge: %s [%s] dev %s", unit.name, unit.key, details["dev_scores"])
+        memory = engine.merge(method, chosen, seed=seed)
+        written = load_folder(tmp / "model", dtype)
+        details["mergekit_equals_in_memory"] = written.keys() == memory.keys() and all(
+            torch.equal(written[n], memory[n]) for n in memory)
+    log.info("merge: %s [%s] chose %s of %d point(s) on dev %s", unit.name, unit.key,
+             grid[best]["point"], len(grid), details["dev_scores"])
 
 
 def build_hi_merging(ctx: Context, unit: Unit) -> None:
@@ -72,47 +140,44 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
     from mergekit.options import MergeOptions
 
     from harness.merge import report
-    from harness.merge.hi_merging import Candidates, HiMerging, Options, ScoreCache, mergekit_yaml
-    from harness.merge.memory import InMemoryMerger, load_folder
-    from harness.scoring.pool import ScorerPool, ScorerSetup
+    from harness.merge.hi_merging import HiMerging, Options, ScoreCache, mergekit_yaml
+    from harness.merge.memory import load_folder
+    from harness.scoring.pool import ScorerPool, resident_candidates, resident_scorer
 
     import torch
 
-    from harness.evaluation.tasks import resolve_backend
-
-    scorer_spec = ctx.recipe.scorer
     base = resolve_base(ctx.store, unit.inputs["base"])
     names = {sp.name: sp for sp in ctx.recipe.specialists}
     keys = dict(zip(names, unit.inputs["models"]))
     models = {n: ctx.store.path("specialists", k) / "model" for n, k in keys.items()}
     checked = preflight.check_compatible(base, models)
     dtype = getattr(torch, ctx.recipe.base.dtype)
-    engine = InMemoryMerger(base.path, models, dtype)
-    setup = ScorerSetup(
-        resolve_backend(scorer_spec.backend), str(base.path), {n: str(p) for n, p in models.items()},
-        {n: (str(path), kind) for n, (path, kind) in _dev_sets(ctx).items()},
-        scorer_spec.limit, ctx.recipe.base.dtype, ctx.recipe.eval.apply_chat_template,
-        scorer_spec.batch_size, ctx.recipe.eval.max_model_len,
-        ctx.recipe.eval.tensor_parallel_size, ctx.recipe.base.system_prompt)
+    setup = scorer_setup(ctx, base.path, models)
     batch = None
     if distributed(ctx.recipe.executor):
         # candidates go to `workers` scoring processes (pool or Ray actors), batch by batch
         scorer = batch = ScorerPool(ctx.recipe.executor, setup)
         score = None
-    else:  # one resident scorer in this process
-        scorer = setup.scorer()
+        candidates = resident_candidates(setup)
+        before: dict[str, Any] = {}
+    else:  # the stage's one resident scorer, in this process
+        scorer = resident_scorer(setup)
+        candidates = resident_candidates(setup)
         score = scorer.score
+        before = scorer.stats()
+    engine = candidates.engine
 
     # Scores outlive a killed run here, so a re-run resumes the search where it stopped.
     cache_dir = ctx.store.stage_dir("merge") / f".cache-{unit.key}"
     cache_dir.mkdir(parents=True, exist_ok=True)
     options = Options(**{**HI_MERGING_OPTIONS, **unit.inputs["options"]})
-    method = HiMerging(Candidates(engine), score, {n: sp.dataset for n, sp in names.items()},
+    method = HiMerging(candidates, score, {n: sp.dataset for n, sp in names.items()},
                        options, ScoreCache(cache_dir / "scores.jsonl"), score_batch=batch)
     try:
         result = method.run()
     finally:
-        scorer.close()
+        if batch is not None:
+            batch.close()
     config = mergekit_yaml(result["final"], engine.layers, str(base.path),
                            {n: str(p) for n, p in models.items()}, ctx.recipe.base.dtype)
     details: dict[str, Any] = {
@@ -121,7 +186,8 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
         "preflight": checked, "model_keys": {str(p): keys[n] for n, p in models.items()},
         "model_wise": result["model_wise"], "dev_scores": result["dev_final"],
         "candidates_scored": method.cache.misses, "cache_hits": method.cache.hits,
-        "scorer": scorer.stats()}
+        "items": method.cache.misses * round(_mean(dev_items(setup))),
+        "scorer": _scored_since(scorer, before)}
     with ctx.store.build("merge", unit.key, unit.inputs, unit.versions, details) as tmp:
         (tmp / "mergekit.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         run_merge(validate(config), str(tmp / "model"),
@@ -136,22 +202,23 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
 
 
 def build_one(ctx: Context, unit: Unit) -> None:
-    """One merge unit (a baseline grid point or a whole Hi-Merging search): the executor's
-    unit of work."""
-    from harness.scoring.hf import HFScorer
+    """One merge unit (a baseline's grid or a whole Hi-Merging search): the executor's unit."""
+    from harness.executor import kind
+    from harness.scoring.pool import close_residents
 
     if unit.inputs["method"] == "hi_merging":
         return build_hi_merging(ctx, unit)
-    # a merged model carries the base's tokenizer (tokenizer_source: base)
-    base = resolve_base(ctx.store, unit.inputs["base"])
-    scorer = HFScorer(base.path, batch_size=ctx.recipe.scorer.batch_size,
-                      apply_chat_template=ctx.recipe.eval.apply_chat_template,
-                      limit=ctx.recipe.scorer.limit, system_prompt=ctx.recipe.base.system_prompt)
-    build_baseline(ctx, unit, scorer)
+    try:
+        build_grid(ctx, unit)
+    finally:
+        if kind(ctx.recipe.executor) == "ray":  # a Ray worker may idle on: hold no engine
+            close_residents()
 
 
 @register("merge")
 def build(ctx: Context, units: list[Unit]) -> None:
+    from harness.scoring.pool import close_residents
+
     baselines = [u for u in units if u.inputs["method"] != "hi_merging"]
     by_models: dict[tuple, list[Unit]] = defaultdict(list)
     for unit in units:  # baselines and Hi-Merging searches: each writes one model
@@ -161,26 +228,17 @@ def build(ctx: Context, units: list[Unit]) -> None:
         models = model_paths(ctx, group[0])
         preflight.check_compatible(base, models)
         preflight.check_disk(ctx.store.stage_dir("merge"), next(iter(models.values())), len(group))
-    if distributed(ctx.recipe.executor):
-        # a Hi-Merging search runs here and spreads its candidate batches over the executor's
-        # processes (a search holding a GPU while waiting on them could starve them)
-        run_units(ctx, "merge", baselines, build_one)
-        for unit in units:
-            if unit not in baselines:
-                build_hi_merging(ctx, unit)
-    else:
-        run_units(ctx, "merge", units, build_one)
-
-
-def best_grid_points(ctx: Context) -> dict[tuple[str, int], Unit]:
-    """Per (method, seed), the grid point with the best mean dev score: the one published."""
-    best: dict[tuple[str, int], tuple[float, Unit]] = {}
-    for unit in ctx.plan["merge"]:
-        if unit.inputs["method"] == "hi_merging" or not ctx.store.has("merge", unit.key):
-            continue
-        scores = ctx.store.manifest("merge", unit.key)["details"]["dev_scores"]
-        mean = sum(scores.values()) / len(scores)
-        slot = (unit.inputs["method"], unit.inputs["seed"])
-        if slot not in best or mean > best[slot][0]:
-            best[slot] = (mean, unit)
-    return {slot: unit for slot, (_, unit) in best.items()}
+    try:
+        if distributed(ctx.recipe.executor):
+            # a Hi-Merging search runs here and spreads its candidate batches over the
+            # executor's processes (a search holding a GPU while waiting on them could starve
+            # them)
+            run_units(ctx, "merge", baselines, build_one)
+            for unit in units:
+                if unit not in baselines:
+                    with metered():
+                        build_hi_merging(ctx, unit)
+        else:
+            run_units(ctx, "merge", units, build_one)
+    finally:
+        close_residents()  # the eval stage starts its own engine on the same GPU

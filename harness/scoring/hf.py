@@ -49,11 +49,14 @@ class HFScorer:
                 mask[i, :len(s)] = 1
             if on_batch:
                 on_batch(tuple(map(tuple, seqs)))
-            logp = torch.log_softmax(
-                model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1)
+            device = next(model.parameters()).device
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                           use_cache=False).logits
+            logp = torch.log_softmax(logits.float(), -1)
             for i, p in enumerate(chunk):
-                positions = torch.arange(len(p.context) - 1, len(seqs[i]) - 1)
-                out.append(logp[i, positions, torch.tensor(p.continuation)].sum().item())
+                positions = torch.arange(len(p.context) - 1, len(seqs[i]) - 1, device=device)
+                tokens = torch.tensor(p.continuation, device=device)
+                out.append(logp[i, positions, tokens].sum().item())
         return out
 
     def mcqa_accuracy(self, model, records: list[dict[str, Any]], on_batch=None) -> float:
@@ -69,12 +72,15 @@ class HFScorer:
         return (self.mcqa_accuracy if task_type == "mcqa" else self.qa_loglik)(model, records)
 
 
-def load_model(folder: str | Path, dtype: str = "float32"):
+def load_model(folder: str | Path, dtype: str = "float32", device: str | None = None):
+    """The model in `dtype` on `device` (default: the GPU when there is one)."""
     from transformers import AutoModelForCausalLM
+
+    from harness.devices import torch_device
 
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype),
                                                  use_safetensors=True)
-    return model.eval()
+    return model.to(device or torch_device()).eval()
 
 
 class _ReusedLayer(torch.nn.Module):
@@ -131,7 +137,7 @@ class ResidentHFModel:
         with torch.no_grad():
             for name, tensor in tensors.items():
                 if self.holding.get(name) is not tensor:
-                    self.params[name].copy_(tensor)
+                    self.params[name].copy_(tensor)  # host -> device when on the GPU
                     self.holding[name] = tensor
                     self.copied += 1
                     layer = layer_of(name)

@@ -48,30 +48,60 @@ class ScorerSetup:
                                self.tensor_parallel_size, self.system_prompt)
 
 
-class _Resident:
-    def __init__(self, setup: ScorerSetup):
-        import torch
+def _key(value: dict) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
-        from harness.merge.hi_merging import Candidates
-        from harness.merge.memory import InMemoryMerger
 
-        self.candidates = Candidates(InMemoryMerger(
+# Per process: ONE resident scorer (its engine keeps the base's architecture whatever the
+# specialists are, so every merge unit and search of a stage shares it: one engine start) and
+# the in-memory merge engine of the specialists last asked for. A scorer for another setup
+# replaces the old one, which is closed first: two vLLM engines never hold one GPU at once.
+_SCORER: dict[str, Any] = {}
+_MERGER: dict[str, Any] = {}
+
+
+def resident_scorer(setup: ScorerSetup):
+    key = _key({k: v for k, v in setup.__dict__.items() if k != "models"})
+    if key not in _SCORER:
+        close_residents()
+        _SCORER[key] = setup.scorer()
+    return _SCORER[key]
+
+
+def resident_candidates(setup: ScorerSetup):
+    """Candidates over the in-memory merge engine (base + this setup's specialists)."""
+    import torch
+
+    from harness.merge.hi_merging import Candidates
+    from harness.merge.memory import InMemoryMerger
+
+    key = _key({"base": setup.base, "models": setup.models, "dtype": setup.dtype})
+    if key not in _MERGER:
+        _MERGER.clear()  # free the last specialists' tensors before loading the next
+        _MERGER[key] = Candidates(InMemoryMerger(
             Path(setup.base), {n: Path(p) for n, p in setup.models.items()},
             getattr(torch, setup.dtype)))
-        self.scorer = setup.scorer()
+    return _MERGER[key]
+
+
+def close_residents() -> None:
+    """Close the resident scorer and drop the merge engine (the end of a stage)."""
+    _MERGER.clear()
+    while _SCORER:
+        _SCORER.popitem()[1].close()
+
+
+class _Resident:
+    def __init__(self, setup: ScorerSetup):
+        self.scorer = resident_scorer(setup)  # first: a new scorer drops the old merge engine
+        self.candidates = resident_candidates(setup)
 
     def score(self, items: list[tuple[dict, str]]) -> list[float]:
         return [self.scorer.score(self.candidates.build(spec), task) for spec, task in items]
 
 
-_RESIDENT: dict[str, _Resident] = {}  # per pool process: one resident scorer per search
-
-
 def score_chunk(setup: ScorerSetup, items: list[tuple[dict, str]]) -> list[float]:
-    key = json.dumps(setup.__dict__, sort_keys=True, default=str)
-    if key not in _RESIDENT:
-        _RESIDENT[key] = _Resident(setup)
-    return _RESIDENT[key].score(items)
+    return _Resident(setup).score(items)
 
 
 class ScorerActor:

@@ -148,6 +148,16 @@ def train_losses(output_dir: Path) -> list[float]:
     return [r["loss"] for r in rows if "loss" in r]
 
 
+def train_samples(output_dir: Path) -> int | None:
+    """Training examples processed (epochs x samples), from the trainer's all_results.json."""
+    path = Path(output_dir) / "all_results.json"
+    try:
+        results = json.loads(path.read_text())
+        return round(results["train_samples_per_second"] * results["train_runtime"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 # What a published model folder holds: weights (safetensors only), config, tokenizer.
 MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt",

@@ -90,6 +90,9 @@ def _train(ctx: Context, unit: Unit, tmp: Path, config: dict[str, Any], name: st
                env=_launch_env(ctx))
     losses = lf.train_losses(Path(config["output_dir"]))
     details[name] = {"losses": losses[:1] + losses[-1:], "logged_steps": len(losses)}
+    samples = lf.train_samples(Path(config["output_dir"]))
+    if samples is not None:
+        details["items"] = samples
 
 
 def check_cutoff(base: Path, dataset_dir: Path, dataset: str, cutoff: int, system_prompt: str,
