@@ -19,7 +19,8 @@ from pathlib import Path
 
 from harness import hub, resources, tiny_hub
 from harness.executor import kind as executor_kind
-from harness.versions import STAGE_PACKAGES, lock_path, normalize, read_lock
+from harness.stagedefs import STAGES
+from harness.versions import lock_path, normalize, read_lock
 
 OK, FAIL, SKIP = "ok", "FAIL", "skip"
 SHM = Path("/dev/shm")
@@ -70,7 +71,8 @@ def check_gpus(ctx, needs: dict[str, int]) -> list[Line]:
     if len(gpus) < want:
         return [Line(FAIL, "gpu", f"the recipe asks for {want} GPU(s) (executor.num_gpus x "
                      f"workers) but this host has {len(gpus)} CUDA GPU(s); run on a GPU host "
-                     "(docker run --gpus all ...), or set executor.num_gpus: 0 for a CPU run")]
+                     "(docker run --gpus all --ipc=host ...), or set executor.num_gpus: 0 for a "
+                     "CPU run")]
     lines = [Line(OK, "gpu", f"{len(gpus)} x {gpus[0][0]}")]
     smallest = min(total for _, total in gpus)
     if needs["gpu"] > smallest:
@@ -210,7 +212,7 @@ def check_envs(ctx) -> list[Line]:
     requirements = ctx.project / "requirements"
     lines = []
     for env in ("train", "eval"):
-        names = sorted({p for _, (e, pkgs) in STAGE_PACKAGES.items() if e == env for p in pkgs})
+        names = sorted({p for d in STAGES.values() if d.env == env for p in d.packages})
         pins = read_lock(lock_path(env, requirements))
         names = [n for n in names if normalize(n) in pins]
         if env == "eval":
@@ -269,7 +271,7 @@ def run_checks(ctx) -> list[Line]:
     for name, check in checks:
         try:
             out = check()
-        except Exception as exc:  # noqa: BLE001 - a check that breaks is a failed line, no traceback
+        except Exception as exc:  # noqa: BLE001 - a broken check is a failed line, no traceback
             out = Line(FAIL, name, f"the check itself failed: {type(exc).__name__}: "
                        f"{(str(exc).splitlines() or [''])[0][:160]}")
         lines.extend(out if isinstance(out, list) else [out])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.plan import STAGES, build_plan
-from harness.recipe import Recipe, load_recipe, load_recipe_file, parse_recipe
+from harness.recipe import Recipe, check_recipe_name, load_recipe, load_recipe_file, parse_recipe
 from harness.stages import Context, run_stage
 from harness.store import Store
 
@@ -64,9 +64,10 @@ def _context(args) -> Context:
 
 def cmd_validate(args) -> int:
     project = project_root()
-    paths = [Path(p) for p in args.paths] or sorted((project / "recipes").glob("*.yaml"))
+    paths = [Path(p) for p in args.paths]
     if args.recipe:
-        paths.append(project / "recipes" / f"{args.recipe}.yaml")
+        paths.append(project / "recipes" / f"{check_recipe_name(args.recipe)}.yaml")
+    paths = paths or sorted((project / "recipes").glob("*.yaml"))
     failed = 0
     for path in paths:
         try:
@@ -193,6 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - not a user's error: one line, the trace on -v
+        if args.verbose:
+            raise
+        first = (str(exc).splitlines() or [""])[0][:300]
+        print(f"error: unexpected {type(exc).__name__}: {first} (a harness bug, not your input; "
+              f"run `harness -v {args.command} ...` for the traceback and report it)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

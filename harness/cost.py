@@ -86,7 +86,8 @@ class Meter:
     def reading(self) -> dict[str, Any]:
         return {"seconds": round(time.time() - self.started, 3),
                 "peak_rss_mib": round(self.peak_rss / 2 ** 20, 1),
-                "peak_gpu_mib": None if self.peak_gpu is None else round(self.peak_gpu / 2 ** 20, 1)}
+                "peak_gpu_mib": (None if self.peak_gpu is None
+                                 else round(self.peak_gpu / 2 ** 20, 1))}
 
     def stop(self) -> None:
         self._stop.set()

@@ -5,9 +5,3 @@ class HarnessError(Exception):
     """Bad input or state; the message names the file, field and fix."""
 
     exit_code = 2
-
-
-class StageNotImplemented(HarnessError):
-    """A stage whose builder has not landed yet: fail loudly, never fake an output."""
-
-    exit_code = 3

@@ -1,8 +1,9 @@
 """The plan: every unit of work a recipe implies, each with its content key.
 
 Keys chain: a unit's key hashes its own recipe section, the keys of the units it reads, the
-pinned versions of the packages that shape its output, and its stage's code revision. So
-changing one merge parameter changes exactly that merge's key and its evaluation's key.
+pinned versions of the packages that shape its output, and the hash of its stage's code
+(harness/stagedefs.py). So changing one merge parameter changes exactly that merge's key and
+its evaluation's key, and editing the merge code re-keys every merge.
 """
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from harness.evaluation.tasks import data_key, resolve_backend, task_data, tasks
 from harness.models import base_reference
 from harness.recipe import MergeSpec, Recipe
 from harness.store import content_key
+from harness.stagedefs import ORDER, code_hash
 from harness.versions import stage_versions
 
-STAGES = ("data", "specialists", "merge", "eval", "leaderboard")
 
-# Bump a stage's revision when its code changes what it writes: every key of it changes.
-STAGE_REVISION = {"data": 3, "specialists": 3, "merge": 2, "eval": 3, "leaderboard": 3}
+def stage_code(stage: str) -> str:
+    return code_hash(stage)
+
+STAGES = ORDER
 
 
 @dataclass(frozen=True)
@@ -32,19 +35,17 @@ class Unit:
     key: str
     inputs: dict[str, Any] = field(compare=False, repr=False)
     versions: dict[str, str] = field(compare=False, repr=False)
-    needs: tuple[str, ...] = ()  # keys of upstream units
 
     @property
     def id(self) -> str:
         return f"{self.stage}/{self.key}"
 
 
-def _unit(stage: str, name: str, inputs: dict[str, Any], requirements: Path,
-          needs: tuple[str, ...] = ()) -> Unit:
+def _unit(stage: str, name: str, inputs: dict[str, Any], requirements: Path) -> Unit:
     versions = stage_versions(stage, requirements)
-    keyed = {"stage": stage, "revision": STAGE_REVISION[stage], "inputs": inputs,
-             "versions": versions}
-    return Unit(stage, name, content_key(keyed), inputs, versions, needs)
+    # the stage's code (harness/stagedefs.py): a code change re-keys what that code writes
+    keyed = {"stage": stage, "code": stage_code(stage), "inputs": inputs, "versions": versions}
+    return Unit(stage, name, content_key(keyed), inputs, versions)
 
 
 def _local_files(name: str, path: Path) -> str:
@@ -96,8 +97,7 @@ def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
                                    "seed": tiny.corpus_seed}}, requirements)
         plan["data"].append(corpus)
         unit = _unit("specialists", "base (tiny, pre-trained here)",
-                     {"base": recipe.base.model_dump(), "corpus": corpus.key}, requirements,
-                     (corpus.key,))
+                     {"base": recipe.base.model_dump(), "corpus": corpus.key}, requirements)
         plan["specialists"].append(unit)
         base = {"kind": "tiny", "key": unit.key}
 
@@ -113,8 +113,7 @@ def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
             dkey = data_keys[sp.dataset]
             unit = _unit("specialists", f"specialist {sp.name} seed={seed}",
                          {"specialist": sp.model_dump(), "data": dkey, "base": base,
-                          "template": recipe.base.template, "seed": seed}, requirements,
-                         (dkey,) + ((base["key"],) if "key" in base else ()))
+                          "template": recipe.base.template, "seed": seed}, requirements)
             plan["specialists"].append(unit)
             specialist_keys.append(unit.key)
             models.append((f"specialist {sp.name} seed={seed}", "specialists", unit.key))
@@ -123,7 +122,7 @@ def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
             unit = _unit("specialists", f"multitask seed={seed}",
                          {"multitask": recipe.multitask.model_dump(), "data": dkeys,
                           "base": base, "template": recipe.base.template, "seed": seed},
-                         requirements, dkeys)
+                         requirements)
             plan["specialists"].append(unit)
             models.append((f"multitask seed={seed}", "specialists", unit.key))
 
@@ -142,7 +141,7 @@ def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
                 points = grid_points(spec)
                 point, label = {"grid": points}, f"grid of {len(points)}"
             unit = _unit("merge", f"{spec.method} [{label}] seed={seed}", {**common, **point},
-                         requirements, tuple(specialist_keys))
+                         requirements)
             plan["merge"].append(unit)
             models.append((unit.name, "merge", unit.key))
 
@@ -160,11 +159,11 @@ def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
     for label, stage, key in models:
         unit = _unit("eval", f"eval {label}",
                      {"model": {"stage": stage, "key": key, "ref": _model_ref(stage, base)},
-                      **eval_inputs}, requirements, (key,))
+                      **eval_inputs}, requirements)
         plan["eval"].append(unit)
 
     eval_keys = tuple(u.key for u in plan["eval"])
     plan["leaderboard"].append(_unit("leaderboard", f"leaderboard {recipe.name}",
                                      {"evals": eval_keys, "recipe": recipe.name},
-                                     requirements, eval_keys))
+                                     requirements))
     return plan

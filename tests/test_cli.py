@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.errors import StageNotImplemented
 from harness.plan import STAGES, build_plan
 from harness.recipe import load_recipe
-from harness.stages import BUILDER_MODULES, BUILDERS, Context, run_stage
+from harness.stages import Context, run_stage
 from harness.store import Store
 
 
@@ -57,18 +56,6 @@ def test_seeds_override_multiplies_seeded_units(harness_bin, runs_dir):
     assert three.count("base (tiny") == 1
 
 
-def test_stage_not_implemented_fails_clearly_and_writes_nothing(project, tmp_path, monkeypatch):
-    recipe = load_recipe("tiny_en_zh", project / "recipes")
-    ctx = Context(recipe, Store(tmp_path, recipe.name),
-                  build_plan(recipe, project / "requirements"), project)
-    monkeypatch.delitem(BUILDERS, "merge", raising=False)
-    monkeypatch.delitem(BUILDER_MODULES, "merge", raising=False)
-    with pytest.raises(StageNotImplemented, match=r"stage 'merge' is not implemented yet "
-                       r"\(tracked in issue #6\); \d+ unit\(s\) to do, nothing was written"):
-        run_stage(ctx, "merge")
-    assert not any(tmp_path.rglob("*.json"))
-
-
 @pytest.mark.parametrize("name", ["../tiny_en_zh", "recipes/tiny_en_zh", "/etc/passwd"])
 def test_recipe_path_names_rejected(harness_bin, name):
     proc = run(harness_bin + ["run", "--recipe", name, "--dry-run"])
@@ -76,8 +63,10 @@ def test_recipe_path_names_rejected(harness_bin, name):
     assert "is not allowed" in proc.stderr
 
 
-def test_cached_units_are_skipped_and_reported(project, tmp_path, caplog):
+def test_cached_units_are_skipped_and_reported(project, tmp_path, caplog, monkeypatch):
     """The runner with a stand-in builder (a unit test of our own skip logic, not a stage)."""
+    import harness.data.stage
+
     recipe = load_recipe("tiny_en_zh", project / "recipes")
     ctx = Context(recipe, Store(tmp_path, recipe.name),
                   build_plan(recipe, project / "requirements"), project)
@@ -89,20 +78,14 @@ def test_cached_units_are_skipped_and_reported(project, tmp_path, caplog):
                 (tmp / "done").write_text(unit.name)
             built.append(unit.key)
 
-    real = BUILDERS.get("data")
-    BUILDERS["data"] = builder
-    try:
-        first = run_stage(ctx, "data")
-        assert [u.key for u in first] == built == [u.key for u in ctx.plan["data"]]
-        with caplog.at_level(logging.INFO, logger="harness"):
-            second = run_stage(ctx, "data")
-        assert second == [] and len(built) == len(ctx.plan["data"])
-        for unit in ctx.plan["data"]:
-            assert f"skipped (cached) {unit.name} [{unit.key}]" in caplog.text
-    finally:
-        BUILDERS.pop("data")
-        if real:
-            BUILDERS["data"] = real
+    monkeypatch.setattr(harness.data.stage, "build", builder)
+    first = run_stage(ctx, "data")
+    assert [u.key for u in first] == built == [u.key for u in ctx.plan["data"]]
+    with caplog.at_level(logging.INFO, logger="harness"):
+        second = run_stage(ctx, "data")
+    assert second == [] and len(built) == len(ctx.plan["data"])
+    for unit in ctx.plan["data"]:
+        assert f"skipped (cached) {unit.name} [{unit.key}]" in caplog.text
 
 
 def test_fetch_offline_names_what_is_missing_in_one_line(harness_bin, tmp_path):

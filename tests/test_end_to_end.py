@@ -6,6 +6,12 @@ the wiring, not the scores (those are in leaderboard/tiny_en_zh/)."""
 import csv
 import json
 import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -90,3 +96,70 @@ def test_ray_executor_gives_the_same_leaderboard(local_run, tmp_path, monkeypatc
         ray.shutdown()
     local, on_ray = read_board(local_run), read_board(ctx)
     assert on_ray == local  # every row and column: scores, ranks, selected grid points
+    # rebuilt in a fresh store on this machine: bit-identical weights, identical eval numbers
+    assert_same_outputs(local_run, ctx)
+
+
+def assert_same_outputs(one: Context, other: Context) -> None:
+    """Every model's weights hash and every eval's numbers hash agree between two stores."""
+    compared = 0
+    for stage, field in (("specialists", "weights_sha256"), ("merge", "weights_sha256"),
+                         ("eval", "numbers_sha256")):
+        for unit in one.plan[stage]:
+            ours = one.store.manifest(stage, unit.key)
+            theirs = other.store.manifest(stage, unit.key)
+            where = ours if stage != "eval" else ours["details"]
+            again = theirs if stage != "eval" else theirs["details"]
+            assert where[field] and where[field] == again[field], (stage, unit.name)
+            compared += 1
+    assert compared == sum(len(one.plan[s]) for s in ("specialists", "merge", "eval"))
+
+
+def _checkout(root: Path, data: dict) -> tuple[Path, dict]:
+    """A checkout holding the recipe (tasks/ and requirements/ linked, ../shared beside it)
+    and the environment that points the CLI at it, a fresh run store and leaderboard."""
+    checkout = root / "project"
+    (checkout / "recipes").mkdir(parents=True)
+    for name in ("tasks", "requirements"):
+        (checkout / name).symlink_to(PROJECT / name)
+    (root / "shared").symlink_to(PROJECT.parent / "shared")
+    (checkout / "recipes" / f"{data['name']}.yaml").write_text(yaml.safe_dump(data))
+    env = {**os.environ, "HARNESS_PROJECT": str(checkout), "HARNESS_RUNS_DIR": str(root / "runs"),
+           "HARNESS_LEADERBOARD_DIR": str(checkout / "leaderboard")}
+    env.pop("RAY_ADDRESS", None)
+    return checkout, env
+
+
+def _kill_during(command: list[str], env: dict, stage: str, seconds: float) -> None:
+    """Start the CLI, and kill -9 its whole process group (LLaMA-Factory, vLLM's engine) a
+    while after it logs the start of `stage`."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    lines: "queue.Queue[str]" = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(l) for l in proc.stderr], daemon=True).start()
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        try:
+            if f"stage {stage}: recipe" in lines.get(timeout=5):
+                break
+        except queue.Empty:
+            assert proc.poll() is None, f"the run ended before stage {stage}"
+    time.sleep(seconds)
+    assert proc.poll() is None, f"the run ended within {seconds} s of stage {stage}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_killed_at_any_stage_the_rerun_gives_the_same_leaderboard(local_run, tmp_path):
+    """kill -9 during training, during the merges (Hi-Merging's search) and during the
+    evaluation, then one more run: it finishes, and its leaderboard is the uninterrupted one."""
+    data = reduced_recipe()
+    checkout, env = _checkout(tmp_path, data)
+    command = [str(Path(sys.executable).parent / "harness"), "run", "--recipe", data["name"]]
+    for stage, seconds in (("specialists", 25), ("merge", 40), ("eval", 8)):
+        _kill_during(command, env, stage, seconds)
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(checkout / "leaderboard" / data["name"] / "leaderboard.csv", newline="") as fh:
+        rerun = {r["model"]: r for r in csv.DictReader(fh)}
+    assert rerun == read_board(local_run)

@@ -124,3 +124,19 @@ def test_batched_candidates_give_the_same_search(tmp_path):
     assert result["contributions"] == expected["contributions"]
     assert sum(batches) == hm.cache.misses == plain.cache.misses
     assert max(batches) > 10  # the contribution analysis went as one batch
+
+
+def test_a_torn_score_cache_line_is_skipped_and_its_candidate_rescored(tmp_path, caplog):
+    """kill -9 mid-write leaves half a line: the cache warns, keeps the whole lines, forgets the
+    torn one (so that candidate is scored again) and appends cleanly after it."""
+    path = tmp_path / "scores.jsonl"
+    path.write_text('{"key": "a", "score": 0.5}\n{"key": "b", "score": 0.25}\n{"key": "c", "sc')
+    with caplog.at_level("WARNING", logger="harness"):
+        cache = ScoreCache(path)
+    assert "skipped 1 unreadable line(s) (3)" in caplog.text and str(path) in caplog.text
+    assert cache.get("a") == 0.5 and cache.get("b") == 0.25
+    assert cache.get("c") is None  # not cached: rescored
+    cache.put("c", 0.75)
+    again = ScoreCache(path)
+    assert again.scores == {"a": 0.5, "b": 0.25, "c": 0.75}
+    assert path.read_text().count("\n") == 3  # three whole lines, nothing glued to a torn one

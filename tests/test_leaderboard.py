@@ -235,3 +235,28 @@ def test_published_leaderboards_hold_no_machine_path():
         assert str(project) not in text, path
         found = MACHINE_PATH.search(text)
         assert found is None, f"{path}: {text[max(0, found.start() - 60):found.end() + 60]}"
+
+
+def test_a_run_with_fewer_seeds_never_replaces_the_published_table(board, tmp_path, caplog):
+    """`make` on a fresh clone runs the recipe's one seed: it stores its leaderboard and says
+    where, and the published multi-seed table stays as it is."""
+    ctx, _, folder = board
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    recipe = parse_recipe(recipe_data([0]))
+    one = Context(recipe, Store(tmp_path / "fresh", recipe.name),
+                  build_plan(recipe, PROJECT / "requirements"), ctx.project)
+    plant(one, random.Random(3))
+    with caplog.at_level("WARNING", logger="harness"):
+        run_stage(one, "leaderboard")
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    stored = one.store.path("leaderboard", one.plan["leaderboard"][0].key)
+    assert json.loads((stored / "leaderboard.json").read_text())["seeds"] == [0]
+    assert "is the published table of seeds 0,1; this run has seeds 0" in caplog.text
+    assert str(stored) in caplog.text and "SEEDS=0,1" in caplog.text
+    # the same seeds (or more) replace it as before
+    two = Context(ctx.recipe, ctx.store, ctx.plan, ctx.project)
+    shutil.rmtree(ctx.store.path("leaderboard", ctx.plan["leaderboard"][0].key))
+    (folder / "leaderboard.json").write_text(json.dumps({"seeds": [0, 1], "complete": True}))
+    run_stage(two, "leaderboard")
+    assert json.loads((folder / "leaderboard.json").read_text())["leaderboard_key"] == \
+        ctx.plan["leaderboard"][0].key

@@ -238,5 +238,12 @@ def convert_split(source: Source, raws: list[dict], file: str, split: str) -> tu
         ctx.index = i
         if not isinstance(raw, dict):
             raise HarnessError(f"{ctx.where}: expected a JSON object, got {type(raw).__name__}")
-        out.extend(source.convert(raw, ctx))
+        try:
+            out.extend(source.convert(raw, ctx))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            # a field of an unexpected shape (a number where text was due, a missing key
+            # inside a nested value): name the record and the field, not a traceback
+            what = f"field {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+            raise HarnessError(f"{ctx.where}: cannot convert ({what}); fix or drop the record "
+                               f"(fields: {', '.join(sorted(map(str, raw)))})") from None
     return out, ctx.skipped

@@ -15,7 +15,7 @@ from harness.data.prompts import alpaca
 from harness.data.records import write_jsonl
 from harness.errors import HarnessError
 from harness.recipe import DatasetSpec
-from harness.stages import Context, register
+from harness.stages import Context
 
 log = logging.getLogger("harness")
 LF_DIR = "llamafactory"
@@ -44,7 +44,11 @@ def load_splits(name: str, spec: DatasetSpec,
     """The dataset's train/dev/test records and a report for the manifest."""
     if spec.source == "synthetic":
         sizes = {"train": spec.train_size, "dev": spec.dev_size, "test": spec.test_size}
-        out = synthetic.dataset(spec.language, spec.task_type, sizes, spec.split_seed)
+        try:
+            out = synthetic.dataset(spec.language, spec.task_type, sizes, spec.split_seed)
+        except synthetic.TooLarge as exc:
+            raise HarnessError(f"datasets.{name}.{exc.split}_size: {exc}; lower it in the "
+                               "recipe") from None
         return out, {"generator": "harness.data.synthetic", "official_splits": [],
                      "carved": [], "duplicates_removed": {s: 0 for s in S.SPLITS}}
     source = converters.SOURCES[spec.source]
@@ -103,7 +107,6 @@ def write_corpus(folder: Path, statements: int, seed: int) -> dict[str, Any]:
     return {"corpus_statements": count, "seed": seed, "generator": "harness.data.synthetic"}
 
 
-@register("data")
 def build(ctx: Context, units) -> None:
     for unit in tqdm(units, desc="data", unit="dataset"):
         details: dict[str, Any] = {}

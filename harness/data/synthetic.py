@@ -237,6 +237,14 @@ def _qa(lang: str, split: str, rng: random.Random, index: int) -> dict[str, Any]
                 f"synthetic {lang} qa {split}")
 
 
+class TooLarge(ValueError):
+    """More distinct items asked of a split than the generator's world holds."""
+
+    def __init__(self, split: str, message: str):
+        super().__init__(message)
+        self.split = split
+
+
 def dataset(language: str, task_type: str, sizes: dict[str, int],
             seed: int) -> dict[str, list[dict[str, Any]]]:
     """Splits of the requested sizes, test first: no item appears in two splits."""
@@ -246,16 +254,20 @@ def dataset(language: str, task_type: str, sizes: dict[str, int],
     for split in ("test", "dev", "train"):
         rng = random.Random(f"{task_type}-{language}-{split}-{seed}")
         items: list[dict] = []
-        attempts = 0
+        attempts = since_new = 0
         while len(items) < sizes[split]:
             attempts += 1
-            if attempts > 50 * sizes[split] + 1000:
-                raise RuntimeError(f"synthetic {language} {task_type} {split}: cannot find "
-                                   f"{sizes[split]} distinct items; lower the size")
+            since_new += 1
+            # the world is exhausted long before the generous bound when thousands of draws in
+            # a row bring nothing new
+            if attempts > 50 * sizes[split] + 1000 or since_new > 20000:
+                raise TooLarge(split, f"the synthetic {language} {task_type} generator cannot "
+                                      f"make {sizes[split]} distinct {split} items")
             record = make(language, split, rng, len(items))
             key = R.dedup_key(record)
             if key not in seen:
                 seen.add(key)
                 items.append(record)
+                since_new = 0
         out[split] = items
     return {s: out[s] for s in ("train", "dev", "test")}

@@ -19,7 +19,8 @@ from harness.errors import HarnessError
 from harness.executor import run_units
 from harness.models import check_weights_folder, resolve_base
 from harness.plan import Unit
-from harness.stages import Context, register
+from harness.stages import Context
+from harness.store import content_key
 
 log = logging.getLogger("harness")
 
@@ -212,10 +213,11 @@ def evaluate_one(ctx: Context, unit: Unit) -> None:
         details["results"] = {t: {k: v for k, v in m.items() if isinstance(v, (int, float))}
                               for t, m in result["results"].items()}
         details["items"] = sum(int(n.get("effective", 0)) for n in result["n-samples"].values())
+        # the numbers alone (no timings, no paths): equal hashes mean an identical evaluation
+        details["numbers_sha256"] = content_key(details["results"])
     log.info("eval: %s [%s] %s", unit.name, unit.key, details["results"])
 
 
-@register("eval")
 def build(ctx: Context, units: list[Unit]) -> None:
     try:
         run_units(ctx, "eval", units, evaluate_one)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from harness.errors import HarnessError
 from harness.evaluation.tasks import data_key, task_configs, task_data
 from harness.plan import Unit, _point_label
 from harness.stages import Context
@@ -113,6 +114,19 @@ def _describe(ctx: Context, unit: Optional[Unit]) -> dict[str, Any]:
     return {"row": "base", "kind": "base", "seed": None}  # the tiny base, built here
 
 
+def read_results(ctx: Context, unit: Unit) -> dict[str, Any]:
+    path = ctx.store.path("eval", unit.key) / "results.json"
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(results.get("results"), dict):
+            raise ValueError("no 'results' mapping")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise HarnessError(f"{path}: unreadable eval results ({type(exc).__name__}: "
+                           f"{str(exc)[:80]}); delete {path.parent} and run `harness eval "
+                           f"--recipe {ctx.recipe.name}` to evaluate that model again") from None
+    return results
+
+
 def collect(ctx: Context) -> list[Measured]:
     producers = _producers(ctx)
     out = []
@@ -121,7 +135,7 @@ def collect(ctx: Context) -> list[Measured]:
         producer = producers.get(model["key"]) if model["stage"] != "external" else None
         results = None
         if ctx.store.has("eval", unit.key):
-            results = json.loads((ctx.store.path("eval", unit.key) / "results.json").read_text())
+            results = read_results(ctx, unit)
         out.append(Measured(eval_unit=unit, model_stage=model["stage"], model_key=model["key"],
                             results=results, **_describe(ctx, producer)))
     return out

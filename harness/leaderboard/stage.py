@@ -19,7 +19,7 @@ from harness.leaderboard import collect as C
 from harness.leaderboard import plots, render, table
 from harness.plan import Unit
 from harness.portable import Portable
-from harness.stages import Context, register
+from harness.stages import Context
 
 log = logging.getLogger("harness")
 
@@ -120,9 +120,22 @@ def published(ctx: Context) -> Path:
     return Path(root) / ctx.recipe.name
 
 
+def _stamp(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / "leaderboard.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
 def is_complete(folder: Path) -> bool:
-    stamp = folder / "leaderboard.json"
-    return stamp.is_file() and json.loads(stamp.read_text()).get("complete", False)
+    return bool(_stamp(folder).get("complete", False))
+
+
+def covers_published(ctx: Context) -> bool:
+    """False when leaderboard/<recipe>/ holds seeds this run lacks: a one-seed `make` on a
+    fresh clone never replaces the published multi-seed table."""
+    seeds = set(_stamp(published(ctx)).get("seeds") or [])
+    return seeds <= set(ctx.recipe.seeds)
 
 
 def publish(ctx: Context, source: Path, target: Path | None = None) -> None:
@@ -141,14 +154,22 @@ def publish(ctx: Context, source: Path, target: Path | None = None) -> None:
     log.info("leaderboard: published %s", target)
 
 
-@register("leaderboard")
+def _kept(ctx: Context, source: Path) -> None:
+    log.warning("leaderboard: %s is the published table of seeds %s; this run has seeds %s, "
+                "so it is left as it is. This run's leaderboard: %s (rebuild the published one "
+                "with `make recipe=%s SEEDS=%s`)", published(ctx),
+                ",".join(map(str, _stamp(published(ctx)).get("seeds", []))),
+                ",".join(map(str, ctx.recipe.seeds)), source, ctx.recipe.name,
+                ",".join(map(str, _stamp(published(ctx)).get("seeds", []))))
+
+
 def build(ctx: Context, units: list[Unit]) -> None:
     unit = units[0]
     missing = [u for u in ctx.plan["eval"] if not ctx.store.has("eval", u.key)]
     if missing:
         log.warning("leaderboard: %d of %d evals missing; their rows are marked missing and this "
                     "leaderboard is not cached", len(missing), len(ctx.plan["eval"]))
-        if is_complete(published(ctx)):
+        if is_complete(published(ctx)) or not covers_published(ctx):
             # never replace a complete published table with a partial one
             target = ctx.store.stage_dir("leaderboard") / "partial"
             log.warning("leaderboard: %s holds a complete leaderboard; the partial one goes to %s",
@@ -162,14 +183,17 @@ def build(ctx: Context, units: list[Unit]) -> None:
     details: dict[str, Any] = {}
     with ctx.store.build("leaderboard", unit.key, unit.inputs, unit.versions, details) as tmp:
         details.update(write_leaderboard(ctx, tmp, unit))
-    publish(ctx, ctx.store.path("leaderboard", unit.key))
+    # published by `after`, which runs next (and also when this stage was cached)
 
 
 def after(ctx: Context) -> None:
-    """Publish the stored leaderboard when the stage was cached but the folder is not it."""
+    """Publish the stored leaderboard when leaderboard/<recipe>/ is not it, unless that
+    folder holds seeds this run lacks."""
     unit = ctx.plan["leaderboard"][0]
-    stamp = published(ctx) / "leaderboard.json"
     if ctx.store.has("leaderboard", unit.key):
-        current = json.loads(stamp.read_text()).get("leaderboard_key") if stamp.is_file() else None
-        if current != unit.key:
-            publish(ctx, ctx.store.path("leaderboard", unit.key))
+        stamp = _stamp(published(ctx))
+        if stamp.get("leaderboard_key") != unit.key or not stamp.get("complete"):
+            if covers_published(ctx):
+                publish(ctx, ctx.store.path("leaderboard", unit.key))
+            else:
+                _kept(ctx, ctx.store.path("leaderboard", unit.key))

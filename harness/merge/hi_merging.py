@@ -86,11 +86,30 @@ class ScoreCache:
         self.path = path
         self.scores: dict[str, float] = {}
         if path and path.exists():
-            for line in path.read_text().splitlines():
-                row = json.loads(line)
-                self.scores[row["key"]] = row["score"]
+            self._load(path)
         self.hits = self.misses = 0
         self.fresh: set[str] = set()  # scored ahead by a batch, not yet asked for
+
+    def _load(self, path: Path) -> None:
+        """Read the scores a killed run left; a torn or corrupt line (the kill's last write)
+        is skipped with a warning, so its candidate is scored again."""
+        text = path.read_text(encoding="utf-8", errors="replace")
+        bad = []
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                row = json.loads(line)
+                self.scores[str(row["key"])] = float(row["score"])
+            except (ValueError, KeyError, TypeError):
+                bad.append(number)
+        if bad:
+            log.warning("hi_merging: %s: skipped %d unreadable line(s) (%s), left by a killed "
+                        "run; those candidates are scored again", path, len(bad),
+                        ", ".join(map(str, bad[:5])))
+        if bad or not text.endswith("\n"):
+            tmp = path.with_name(path.name + ".tmp")  # keep only whole lines, then append
+            tmp.write_text("".join(json.dumps({"key": k, "score": v}) + "\n"
+                                   for k, v in self.scores.items()), encoding="utf-8")
+            tmp.replace(path)
 
     def get(self, key: str) -> Optional[float]:
         value = self.scores.get(key)

@@ -29,7 +29,7 @@ from harness.merge_methods import HI_MERGING_OPTIONS
 from harness.merge import preflight
 from harness.merge.config import mergekit_config, validate
 from harness.plan import Unit, _point_label
-from harness.stages import Context, register
+from harness.stages import Context
 from harness.models import resolve_base
 
 log = logging.getLogger("harness")
@@ -201,6 +201,18 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
     log.info("merge: %s [%s] dev %s", unit.name, unit.key, details["dev_scores"])
 
 
+def _check_built(ctx: Context, unit: Unit) -> None:
+    """Every specialist a merge reads is complete in the run store (manifest and model)."""
+    from harness.errors import HarnessError
+
+    for key in unit.inputs["models"]:
+        folder = ctx.store.path("specialists", key) / "model"
+        if not ctx.store.has("specialists", key) or not (folder / "config.json").is_file():
+            raise HarnessError(f"merge pre-flight: {folder}: the specialist is missing or "
+                               "incomplete (no valid manifest.json or config.json); run `harness "
+                               f"specialists --recipe {ctx.recipe.name}` to build it again")
+
+
 def build_one(ctx: Context, unit: Unit) -> None:
     """One merge unit (a baseline's grid or a whole Hi-Merging search): the executor's unit."""
     from harness.executor import kind
@@ -215,7 +227,6 @@ def build_one(ctx: Context, unit: Unit) -> None:
             close_residents()
 
 
-@register("merge")
 def build(ctx: Context, units: list[Unit]) -> None:
     from harness.scoring.pool import close_residents
 
@@ -224,6 +235,7 @@ def build(ctx: Context, units: list[Unit]) -> None:
     for unit in units:  # baselines and Hi-Merging searches: each writes one model
         by_models[tuple(unit.inputs["models"])].append(unit)
     for group in by_models.values():  # every check before any tensor work
+        _check_built(ctx, group[0])
         base = resolve_base(ctx.store, group[0].inputs["base"])
         models = model_paths(ctx, group[0])
         preflight.check_compatible(base, models)

@@ -18,7 +18,7 @@ from harness.executor import run_units
 from harness.models import base_reference, resolve_base
 from harness.plan import Unit
 from harness.recipe import Finetuning, Recipe
-from harness.stages import Context, register
+from harness.stages import Context
 from harness.train import llamafactory as lf
 
 log = logging.getLogger("harness")
@@ -260,7 +260,6 @@ def build_one(ctx: Context, unit: Unit) -> None:
     log.info("specialists: built %s [%s]", unit.name, unit.key)
 
 
-@register("specialists")
 def build(ctx: Context, units: list[Unit]) -> None:
     preflight(ctx, units)
     base = [u for u in units if u.name.startswith("base")]
