@@ -192,6 +192,16 @@ def gib(value: Optional[int]) -> str:
     return "?" if value is None else f"{value / GiB:.2f}"
 
 
+def _with_records(need: Need, past: list[dict[str, Any]]) -> Need:
+    """The rule's memory figures, raised to what earlier units of the same kind really peaked
+    at (a small model's process overhead outweighs its weights)."""
+    def peak(key: str) -> int:
+        values = [c[key] for c in past if isinstance(c.get(key), (int, float))]
+        return int(statistics.median(values) * 2 ** 20) if values else 0
+    return Need(disk=need.disk, ram=max(need.ram, peak("peak_rss_mib")),
+                gpu=max(need.gpu, peak("peak_gpu_mib")) if need.gpu else 0, shm=need.shm)
+
+
 def _hours(seconds: Optional[float]) -> str:
     return "?" if seconds is None else f"{seconds / 3600:.3f}"
 
@@ -211,7 +221,8 @@ def report(ctx, stages) -> list[str]:
     unknown = cached_count = 0
     for stage in stages:
         for unit in ctx.plan[stage]:
-            need = unit_need(ctx, unit, weights) or Need()
+            need = _with_records(unit_need(ctx, unit, weights) or Need(),
+                                 recorded.get(kind_of(unit)) or [])
             cached = ctx.store.has(stage, unit.key)
             cached_count += cached
             seconds, source = (None, "") if cached else estimate_seconds(

@@ -102,7 +102,9 @@ def _describe(ctx: Context, unit: Optional[Unit]) -> dict[str, Any]:
                                 "point": "search" if "options" in inputs else ""}
         if ctx.store.has("merge", unit.key):
             details = ctx.store.manifest("merge", unit.key)["details"]
-            scores = details.get("dev_scores") or {}
+            # Hi-Merging names its dev scores by specialist, the grids by dataset: one naming
+            dataset = {sp.name: sp.dataset for sp in ctx.recipe.specialists}
+            scores = {dataset.get(k, k): v for k, v in (details.get("dev_scores") or {}).items()}
             info["dev_score"] = sum(scores.values()) / len(scores) if scores else None
             info["grid"] = details.get("grid") or [
                 {"point": "search", "params": {}, "dev_scores": scores,
