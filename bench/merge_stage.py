@@ -40,7 +40,6 @@ def context():
 
 def before(ctx) -> dict[str, tuple[dict, dict]]:
     """Every grid point written, loaded and scored on its own: method -> (chosen params, dev)."""
-    import torch  # noqa: F401
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 

@@ -158,7 +158,7 @@ def _hub_access(ref: str, revision, repo_type: str) -> str | None:
     try:
         auth_check(ref, repo_type=repo_type)
     except GatedRepoError:
-        return (f"gated: accept its licence on its hub page with your account and set HF_TOKEN")
+        return ("gated: accept its licence on its hub page with your account and set HF_TOKEN")
     except RepositoryNotFoundError:
         return "not found on the hub (or private): check the id, or set HF_TOKEN"
     except Exception as exc:  # noqa: BLE001 - no network, proxy, DNS: one line, no traceback

@@ -5,7 +5,6 @@ from the hub pages and from public code that loads them; see the comments), publ
 temporary hub cache with harness/hub.py and read by the real data stage offline: the same
 snapshot reader and converter a host with network runs after downloading the repository."""
 import json
-import re
 from pathlib import Path
 
 import pandas as pd

@@ -18,7 +18,7 @@ from harness.stages import Context, run_stage
 from harness.store import Store
 
 from conftest import PROJECT
-from tiny_models import make_model, plant_family
+from tiny_models import plant_family
 
 MERGEKIT_YAML = Path(sys.executable).parent / "mergekit-yaml"
 VALUES = {"linear": {"weight": 0.5}, "task_arithmetic": {"weight": 0.7},

@@ -61,7 +61,6 @@ def test_training_scoring_and_eval_see_the_same_tokens(hub_env, arch, template):
 
     model = hub.resolve(TINY_TEST_REPOS[arch]).path
     tok = AutoTokenizer.from_pretrained(str(model))
-    config = json.loads((model / "tokenizer_config.json").read_text())
     shipped = json.loads((SHARED_DATA / "chat_templates" / (
         "qwen2_7b_instruct.json" if arch == "qwen2" else "llama3_8b_instruct.json")).read_text())
     # the hub-cache model carries the real model's own template, as a hub model does
