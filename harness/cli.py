@@ -58,7 +58,7 @@ def _with_seeds(recipe: Recipe, seeds: str | None) -> Recipe:
 def _context(args) -> Context:
     project = project_root()
     recipe = _with_seeds(load_recipe(args.recipe, project / "recipes"), args.seeds)
-    store = Store(runs_root(project), recipe.name)
+    store = Store(runs_root(project), recipe.store_name)
     return Context(recipe, store, build_plan(recipe, project / "requirements"), project)
 
 

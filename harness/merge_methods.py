@@ -82,6 +82,10 @@ HI_MERGING_OPTIONS: dict[str, Any] = {
     "epsilon": 0.0,
     "max_iterations": None,  # None = half the layer count
     "non_layer_tensors": "model_wise",
+    # how tasks are summed (acceptance, Γ, the severe case's keeper): "normalised_gain" puts
+    # each task on one scale, (S - base) / |specialist - base| on dev (harness/merge/gains.py);
+    # "raw" adds the raw dev scores, as ../shared/docs/HI_MERGING.md first read the paper
+    "combine": "normalised_gain",
 }
 
 

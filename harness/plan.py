@@ -94,7 +94,13 @@ def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
         tiny = recipe.base.tiny
         corpus = _unit("data", "pre-training corpus (synthetic)",
                        {"corpus": {"statements": tiny.corpus_statements,
-                                   "seed": tiny.corpus_seed}}, requirements)
+                                   "seed": tiny.corpus_seed,
+                                   # absent when 0: a random-facts corpus keeps its key
+                                   **({"known": tiny.corpus_known} if tiny.corpus_known else {}),
+                                   **({"instruct": {"items": tiny.instruct_items,
+                                                    "share": tiny.instruct_share}}
+                                      if tiny.instruct_steps else {})}},
+                       requirements)
         plan["data"].append(corpus)
         unit = _unit("specialists", "base (tiny, pre-trained here)",
                      {"base": recipe.base.model_dump(), "corpus": corpus.key}, requirements)

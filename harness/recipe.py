@@ -50,6 +50,17 @@ class TinyBase(Strict):
     # The pre-training corpus: generated statements about the synthetic conditions.
     corpus_statements: int = Field(40000, gt=0)
     corpus_seed: int = 0
+    # Share of the synthetic conditions whose true facts the corpus states (0: none, the base
+    # answers at chance; 1: all, in statement form, so a specialist learns the exam, not facts).
+    corpus_known: float = Field(0.0, ge=0, le=1)
+    # An instruction stage after pre-training (full SFT with LLaMA-Factory, through the chat
+    # template): questions about a share `instruct_share` of the conditions, answered in the
+    # base's own style, so the base answers from what it knows, as an instruct model does.
+    # 0 steps: no such stage.
+    instruct_steps: int = Field(0, ge=0)
+    instruct_lr: float = Field(1e-3, gt=0)
+    instruct_items: int = Field(2000, gt=0)
+    instruct_share: float = Field(0.3, gt=0, le=1)
 
     @model_validator(mode="after")
     def _head_dim(self) -> "TinyBase":
@@ -256,6 +267,7 @@ class HiMergingOptions(Strict):
     epsilon: float = Field(HI_MERGING_OPTIONS["epsilon"], ge=0)
     max_iterations: Optional[int] = Field(HI_MERGING_OPTIONS["max_iterations"], gt=0)
     non_layer_tensors: Literal["model_wise"] = HI_MERGING_OPTIONS["non_layer_tensors"]
+    combine: Literal["normalised_gain", "raw"] = HI_MERGING_OPTIONS["combine"]
 
     @field_validator("prune_grid", "scale_grid")
     @classmethod
@@ -341,6 +353,21 @@ class Recipe(Strict):
     scorer: ScorerSpec = ScorerSpec()
     executor: ExecutorSpec = ExecutorSpec()
     leaderboard: LeaderboardSpec = LeaderboardSpec()
+    # The run store's folder (runs/<run_store>/): recipes that name the same one share every
+    # unit they have in common (content keys), e.g. the tiny paradigms' base and specialists.
+    # Default: the recipe's name.
+    run_store: Optional[str] = None
+
+    @field_validator("run_store")
+    @classmethod
+    def _store(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not RECIPE_NAME.match(v):
+            raise ValueError(f"run_store {v!r} must be letters, digits, '_', '-', '.'")
+        return v
+
+    @property
+    def store_name(self) -> str:
+        return self.run_store or self.name
 
     @model_validator(mode="after")
     def _references(self) -> "Recipe":

@@ -29,8 +29,10 @@ RECIPE = "tiny_bad"
 
 
 def tiny() -> dict:
-    data = yaml.safe_load((PROJECT / "recipes" / "tiny_en_zh.yaml").read_text())
+    data = yaml.safe_load((PROJECT / "recipes" / "tiny_en_zh_mcqa.yaml").read_text())
     data["name"] = RECIPE
+    data.pop("run_store")  # its own store: runs/tiny_bad
+    data["multitask"]["enabled"] = False
     return data
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.errors import HarnessError
 from harness.plan import STAGES, build_plan
-from harness.recipe import load_recipe
+from harness.recipe import load_recipe, parse_recipe
 from harness.stages import Context, run_stage
 from harness.store import Store
 
@@ -175,3 +176,37 @@ def test_dry_run_prints_disk_ram_and_gpu_per_unit(harness_bin, runs_dir):
     assert peak.startswith("peak disk (run store, every unit kept): 143.42 GiB")
     assert "peak GPU memory per GPU: 17.95 GiB" in out and "/dev/shm for the vLLM scorer: 13.04" in out
     assert "GPU-hours from stated defaults" in out
+
+
+def test_recipes_naming_one_run_store_share_its_units(project, tmp_path, monkeypatch):
+    """A recipe with `run_store: tiny_en_zh` finds the units the default recipe built (same
+    content keys, same folder) and builds only what it adds; its leaderboard stays its own."""
+    import argparse
+
+    import harness.data.stage
+    from harness import cli
+
+    checkout = tmp_path / "checkout"
+    (checkout / "recipes").mkdir(parents=True)
+    (checkout / "requirements").symlink_to(project / "requirements")
+    (checkout / "tasks").symlink_to(project / "tasks")
+    data = yaml.safe_load((project / "recipes" / "tiny_en_zh.yaml").read_text())
+    (checkout / "recipes" / "tiny_en_zh.yaml").write_text(yaml.safe_dump(data))
+    other = {**data, "name": "tiny_other", "run_store": "tiny_en_zh"}
+    (checkout / "recipes" / "tiny_other.yaml").write_text(yaml.safe_dump(other))
+    monkeypatch.setenv("HARNESS_PROJECT", str(checkout))
+    monkeypatch.setenv("HARNESS_RUNS_DIR", str(tmp_path / "runs"))
+
+    def builder(ctx, units):
+        for unit in units:
+            with ctx.store.build("data", unit.key, unit.inputs, unit.versions) as tmp:
+                (tmp / "done").write_text(unit.name)
+
+    monkeypatch.setattr(harness.data.stage, "build", builder)
+    first = cli._context(argparse.Namespace(recipe="tiny_en_zh", seeds=None))
+    assert len(run_stage(first, "data")) == len(first.plan["data"])
+    second = cli._context(argparse.Namespace(recipe="tiny_other", seeds=None))
+    assert second.store.stage_dir("data") == first.store.stage_dir("data")
+    assert run_stage(second, "data") == []  # every unit found in the shared store
+    with pytest.raises(HarnessError, match="run_store '../elsewhere' must be"):
+        parse_recipe({**data, "run_store": "../elsewhere"})

@@ -9,7 +9,7 @@ import yaml
 
 from harness.data import converters, readers, synthetic
 from harness.data.knowledge import CONDITIONS
-from harness.data.prompts import mcqa_answer, mcqa_prompt
+from harness.data.prompts import mcqa_answer, mcqa_prompt, qa_prompt
 from harness.data.records import dedup_key, read_jsonl
 from harness.data.stage import convert_file
 from harness.errors import HarnessError
@@ -183,7 +183,7 @@ def test_cmedqa2_release_folder(tmp_path):
 
 # ------------------------------------------------------------------ the data stage
 def _recipe(project, datasets: dict):
-    data = yaml.safe_load((project / "recipes" / "tiny_en_zh.yaml").read_text())
+    data = yaml.safe_load((project / "recipes" / "tiny_en_zh_mcqa.yaml").read_text())
     data["datasets"] = datasets
     data["eval"]["tasks"] = sorted({d["source"] for d in datasets.values()})  # task = source
     names = list(datasets)
@@ -289,8 +289,10 @@ def test_tiny_recipe_data_stage(project, tmp_path, harness_bin):
             lf = json.loads((folder / "llamafactory" / f"{unit.inputs['name']}_train.json").read_text())
             assert len(lf) == len(train)
             # LLaMA-Factory joins instruction and input with a newline: the exact eval prompt
-            assert lf[0]["instruction"] + "\n" + lf[0]["input"] == mcqa_prompt(train[0])
-            assert lf[0]["output"] == mcqa_answer(train[0])
+            prompt, answer = ((mcqa_prompt, mcqa_answer) if "options" in train[0]
+                              else (qa_prompt, lambda r: r["answer"]))
+            assert lf[0]["instruction"] + "\n" + lf[0]["input"] == prompt(train[0])
+            assert lf[0]["output"] == answer(train[0])
             if train[0].get("answer_format") == "text":  # cloze: the option's text
                 assert lf[0]["output"] == train[0]["options"][train[0]["answer"]]
 
@@ -338,3 +340,45 @@ def test_synthetic_corpus_and_qa():
     assert own + other > 50 and own / (own + other) < 0.15
     qa = synthetic.dataset("zh", "qa", {"train": 200, "dev": 50, "test": 100}, seed=0)
     assert all(r["answer"].startswith("这些症状提示") for r in qa["test"])
+
+
+def _treatment_pairs(corpus, conditions):
+    """(own, other): how often a 'first-line treatment for X is Y' statement names X's own
+    treatment, over the given conditions."""
+    own = other = 0
+    for line in (c["text"] for c in corpus):
+        for c in conditions:
+            prefix = f"The first-line treatment for {c.en} is "
+            if line.startswith(prefix):
+                own += line.removeprefix(prefix)[:-1] == c.treatment_en
+                other += line.removeprefix(prefix)[:-1] != c.treatment_en
+    return own, other
+
+
+@pytest.mark.parametrize("known", [0.5, 1.0])
+def test_corpus_states_the_known_share_of_facts_truthfully(known):
+    told = synthetic.known_conditions(known, seed=0)
+    assert len(told) == round(known * len(CONDITIONS))
+    corpus = synthetic.corpus(8000, seed=0, known=known)
+    own, other = _treatment_pairs(corpus, told)
+    assert own > 20 and other == 0  # a known condition is only ever described truthfully
+    rest = [c for c in CONDITIONS if c not in told]
+    if rest:  # the others stay random: their own treatment about as often as chance says
+        own, other = _treatment_pairs(corpus, rest)
+        assert own + other > 20 and own / (own + other) < 0.15
+    assert synthetic.corpus(2000, seed=0) == synthetic.corpus(2000, seed=0, known=0.0)
+
+
+def test_instruction_set_covers_its_share_in_its_own_wording():
+    records = synthetic.instruct(400, seed=0, share=0.3)
+    assert records == synthetic.instruct(400, seed=0, share=0.3)
+    about = synthetic.known_conditions(0.3, 1)
+    named = {c.en for c in CONDITIONS if any(c.en in r["instruction"] or c.en in r["output"]
+                                             for r in records)}
+    assert named and named <= {c.en for c in about}  # only the share's conditions
+    exam = {t for lang in ("en", "zh") for train, held in synthetic.MCQA_TEMPLATES[lang].values()
+            for t in train + held}
+    stems = {t.split("{")[0] for t in exam if t.split("{")[0]}
+    assert not any(r["instruction"].startswith(stem) for r in records for stem in stems)
+    # answered fact first, in the base's own style (not the exam's bare option text)
+    assert all(r["output"].endswith((", as a rule.", "，一般如此。")) for r in records)

@@ -29,9 +29,12 @@ pytestmark = pytest.mark.skipif(
 
 
 def reduced_recipe() -> dict:
-    data = yaml.safe_load((PROJECT / "recipes" / "tiny_en_zh.yaml").read_text())
+    data = yaml.safe_load((PROJECT / "recipes" / "tiny_en_zh_mcqa.yaml").read_text())
     data["name"] = "tiny_e2e"
-    data["base"]["tiny"].update(corpus_statements=4000, pretrain_steps=40, pretrain_batch_size=16)
+    data.pop("run_store")
+    data["multitask"]["enabled"] = False  # the four-task run below trains one
+    data["base"]["tiny"].update(corpus_statements=4000, pretrain_steps=40, pretrain_batch_size=16,
+                                instruct_steps=10, instruct_items=320)
     for ds in data["datasets"].values():
         ds.update(train_size=400, dev_size=40, test_size=60)
     for sp in data["specialists"]:
@@ -43,6 +46,28 @@ def reduced_recipe() -> dict:
     ]
     data["eval"].update(backend="hf")
     data["scorer"].update(backend="vllm")  # the resident engine, weights swapped in place
+    return data
+
+
+def four_task_recipe() -> dict:
+    """The default recipe reduced, in its multilingual multi-task paradigm (M = 4): EN and ZH
+    MCQA and open QA specialists, the multi-task fine-tune, a baseline and Hi-Merging; QA is
+    evaluated by generation."""
+    data = yaml.safe_load((PROJECT / "recipes" / "tiny_en_zh.yaml").read_text())
+    data["name"] = "tiny_e2e_four"
+    data.pop("run_store")
+    data["base"]["tiny"].update(corpus_statements=4000, pretrain_steps=40, pretrain_batch_size=16,
+                                instruct_steps=10, instruct_items=320)
+    for ds in data["datasets"].values():
+        ds.update(train_size=400, dev_size=20, test_size=16 if ds["task_type"] == "qa" else 40)
+    for sp in data["specialists"]:
+        sp["finetuning"].update(max_steps=20, per_device_train_batch_size=16)
+    data["multitask"]["finetuning"].update(max_steps=30, per_device_train_batch_size=16)
+    data["merges"] = [{"method": "linear", "grid": {"weight": [1.0]}},
+                      {"method": "hi_merging", "options": {
+                          "prune_grid": [1.0], "scale_grid": [0.5, 1.0], "max_iterations": 1}}]
+    data["eval"].update(backend="hf", max_gen_toks=32)
+    data["scorer"].update(backend="hf")
     return data
 
 
@@ -163,3 +188,36 @@ def test_killed_at_any_stage_the_rerun_gives_the_same_leaderboard(local_run, tmp
     with open(checkout / "leaderboard" / data["name"] / "leaderboard.csv", newline="") as fh:
         rerun = {r["model"]: r for r in csv.DictReader(fh)}
     assert rerun == read_board(local_run)
+
+
+def test_reduced_four_task_run_generates_and_scores_qa(tmp_path):
+    """Four specialists (MCQA and QA, EN and ZH) through every stage: the merges choose on
+    normalised dev gains (a QA log-likelihood beside MCQA accuracies), QA is generated and
+    scored by ROUGE-L and by LLaMA-Factory's ComputeSimilarity, and the leaderboard's QA cells
+    are the eval files' numbers."""
+    ctx = run_all(tmp_path, four_task_recipe())
+    rows = read_board(ctx)
+    assert set(rows) == {"base", "en_mcqa", "zh_mcqa", "en_qa", "zh_qa", "multitask", "linear",
+                         "hi_merging"}
+    board = json.loads((ctx.project / "leaderboard" / ctx.recipe.name / "leaderboard.json")
+                       .read_text())
+    for row in board["rows"]:
+        (key,) = row["_evals"]
+        folder = ctx.store.path("eval", key)
+        results = json.loads((folder / "results.json").read_text())["results"]
+        for task, metric in (("synth_qa_en", "rougeL_word"), ("synth_qa_zh", "rougeL_char")):
+            assert float(rows[row["model"]][task]) == pytest.approx(
+                results[task][f"{metric},none"], abs=1e-9)
+            assert float(rows[row["model"]][f"{task}_lf_rougeL"]) == pytest.approx(
+                results[task]["lf_rougeL,none"], abs=1e-9)
+        samples = [json.loads(l) for l in (folder / "samples.jsonl").read_text().splitlines()]
+        qa = [s for s in samples if s["task"].startswith("synth_qa")]
+        assert len(qa) == 32 and all("lf_bleu4" in s and s["filtered_resps"] for s in qa)
+    for unit in ctx.plan["merge"]:
+        details = ctx.store.manifest("merge", unit.key)["details"]
+        reference = details["dev_reference"]
+        assert set(reference) == {"synth_mcqa_en", "synth_mcqa_zh", "synth_qa_en",
+                                  "synth_qa_zh"} or set(reference) == {
+            "en_mcqa", "zh_mcqa", "en_qa", "zh_qa"}
+        assert reference["synth_qa_en" if "synth_qa_en" in reference else "en_qa"]["base"] < 0
+        assert -1 < details["dev_gain"] < 2  # one scale: not dominated by a log-likelihood

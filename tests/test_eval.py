@@ -132,7 +132,8 @@ def test_every_task_runs_under_plain_lm_eval(tmp_path):
 def planted(tmp_path_factory):
     """The tiny recipe, reduced to one merge, with real tiny models where training would be."""
     tmp = tmp_path_factory.mktemp("eval")
-    data = yaml.safe_load((PROJECT / "recipes" / "tiny_en_zh.yaml").read_text())
+    data = yaml.safe_load((PROJECT / "recipes" / "tiny_en_zh_mcqa.yaml").read_text())
+    data["multitask"]["enabled"] = False
     data["merges"] = [{"method": "linear", "grid": {"weight": [1.0]}}]
     data["eval"].update(limit=30, backend="hf")
     recipe = parse_recipe(data)

@@ -140,3 +140,51 @@ def test_a_torn_score_cache_line_is_skipped_and_its_candidate_rescored(tmp_path,
     again = ScoreCache(path)
     assert again.scores == {"a": 0.5, "b": 0.25, "c": 0.75}
     assert path.read_text().count("\n") == 3  # three whole lines, nothing glued to a torn one
+
+
+def decisions_of(result):
+    return [(d["layer"], d["case"], d["action"], d["accepted"]) for d in result["decisions"]]
+
+
+def rescaled(root: Path, combine: str, factor: float, offset: float) -> HiMerging:
+    """Task a's score (the one the planted conflict hurts) put on another scale, as an open-QA
+    log-likelihood beside an accuracy."""
+    hm = method(root)
+    plain = hm.score_tensors
+    hm.score_tensors = lambda t, task: plain(t, task) * (factor if task == "a" else 1) + (
+        offset if task == "a" else 0)
+    hm.options = Options(prune_grid=[0.5, 1.0], scale_grid=[0.5, 1.0], combine=combine)
+    return hm
+
+
+@pytest.mark.parametrize("factor,offset", [(10.0, -30.0), (0.05, -2.0)])
+def test_normalised_gain_makes_the_search_blind_to_a_tasks_scale(tmp_path, factor, offset):
+    """With `combine: normalised_gain` an affine change of one task's metric changes no
+    decision, no Γ ranking and no final model; with `raw` the bigger scale takes over Γ."""
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "norm").mkdir()
+    (tmp_path / "raw").mkdir()
+    expected = method(tmp_path / "ref").run()
+    result = rescaled(tmp_path / "norm", "normalised_gain", factor, offset).run()
+    assert decisions_of(result) == decisions_of(expected)
+    assert result["final"] == expected["final"]
+    for l, value in expected["contributions"]["Gamma"].items():
+        assert result["contributions"]["Gamma"][l] == pytest.approx(value, abs=1e-5)
+    assert result["dev_gain"] == pytest.approx(expected["dev_gain"], abs=1e-5)
+    raw = rescaled(tmp_path / "raw", "raw", factor, offset).run()["contributions"]["Gamma"]
+    assert any(raw[l] != pytest.approx(v, abs=1e-3)
+               for l, v in expected["contributions"]["Gamma"].items())
+
+
+def test_dev_reference_is_the_base_and_the_whole_specialist(tmp_path):
+    result = method(tmp_path).run()
+    assert result["dev_reference"] == {"a": {"base": pytest.approx(0.0), "specialist": 1.0},
+                                       "b": {"base": pytest.approx(0.0), "specialist": 1.0}}
+    assert result["dev_gain"] == pytest.approx(sum(result["dev_final"].values()) / 2)
+
+
+def test_an_unknown_combine_is_rejected_naming_the_valid_values():
+    from harness.recipe import MergeSpec
+
+    with pytest.raises(ValueError, match="normalised_gain"):
+        MergeSpec.model_validate({"method": "hi_merging", "options": {"combine": "sum"}})

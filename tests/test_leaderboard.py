@@ -23,7 +23,8 @@ TASKS = {"synth_mcqa_en": ("synthetic_mcqa_en", 4), "synth_mcqa_zh": ("synthetic
 
 
 def recipe_data(seeds) -> dict:
-    data = yaml.safe_load((PROJECT / "recipes" / "tiny_en_zh.yaml").read_text())
+    data = yaml.safe_load((PROJECT / "recipes" / "tiny_en_zh_mcqa.yaml").read_text())
+    data["multitask"]["enabled"] = False
     data["seeds"] = list(seeds)
     data["leaderboard"] = {"reference": [{"name": "paper", "source": "a paper, table 2",
                                           "scores": {"synth_mcqa_en": 99.0}}]}

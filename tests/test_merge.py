@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from harness.errors import HarnessError
+from harness.merge import gains
 from harness.merge.config import mergekit_config, validate
 from harness.merge.memory import InMemoryMerger, layer_of, load_folder
 from harness.merge_methods import METHODS
@@ -31,7 +32,8 @@ VALUES = {"linear": {"weight": 0.5}, "task_arithmetic": {"weight": 0.7},
 def merged(tmp_path_factory):
     """The tiny recipe with every baseline method, on a planted base + two specialists."""
     tmp = tmp_path_factory.mktemp("merge")
-    data = yaml.safe_load((PROJECT / "recipes" / "tiny_en_zh.yaml").read_text())
+    data = yaml.safe_load((PROJECT / "recipes" / "tiny_en_zh_mcqa.yaml").read_text())
+    data["multitask"]["enabled"] = False  # the merges read the two specialists only
     data["scorer"].update(limit=20, backend="hf")  # the vLLM scorer: tests/test_scoring.py
     data["merges"][-1]["options"] = {"prune_grid": [0.3, 0.7, 1.0], "scale_grid": [0.5, 1.0]}
     recipe = parse_recipe(data)
@@ -118,7 +120,7 @@ def test_one_layer_candidate_equals_that_layer_of_the_full_merge(merged):
 
 
 def test_best_grid_point_is_chosen_on_dev_and_only_it_is_written(merged, tmp_path):
-    """Every point is dev-scored in memory; the chosen one (best mean dev score) is the only
+    """Every point is dev-scored in memory; the chosen one (best mean dev gain) is the only
     model in the store; a point that was not written scores, once written by mergekit and
     loaded from disk, what the in-memory scorer recorded for it."""
     from mergekit.merge import run_merge
@@ -136,7 +138,13 @@ def test_best_grid_point_is_chosen_on_dev_and_only_it_is_written(merged, tmp_pat
     details = ctx.store.manifest("merge", ties.key)["details"]
     grid = details["grid"]
     assert [p["params"] for p in grid] == ties.inputs["grid"] and len(grid) == 3
-    chosen = max(grid, key=lambda p: p["dev_mean"])
+    # chosen by the mean normalised dev gain against the base and the specialists, whose dev
+    # scores the manifest keeps (and which the base, scored from disk below, reproduces)
+    reference = gains.Reference(*({t: v[k] for t, v in details["dev_reference"].items()}
+                                  for k in ("base", "specialist")))
+    for point in grid:
+        assert point["dev_gain"] == pytest.approx(reference.mean_gain(point["dev_scores"]))
+    chosen = grid[gains.best_point(grid)]
     assert [p["selected"] for p in grid] == [p is chosen for p in grid]
     assert details["params"] == chosen["params"] and details["dev_scores"] == chosen["dev_scores"]
     other = next(p for p in grid if not p["selected"])
@@ -151,6 +159,8 @@ def test_best_grid_point_is_chosen_on_dev_and_only_it_is_written(merged, tmp_pat
     model = load_model(tmp_path / "other")
     for task, (path, kind) in _dev_sets(ctx).items():
         assert scorer.score(model, path, kind) == pytest.approx(other["dev_scores"][task], abs=1e-6)
+        assert scorer.score(load_model(base), path, kind) == pytest.approx(
+            reference.base[task], abs=1e-6)
 
 
 def test_different_vocabulary_fails_preflight(merged, tmp_path):

@@ -17,10 +17,10 @@ from tiny_models import plant_family
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("scoring")
-    recipe = load_recipe("tiny_en_zh", PROJECT / "recipes")
+    recipe = load_recipe("tiny_en_zh_mcqa", PROJECT / "recipes")
     plan = build_plan(recipe, PROJECT / "requirements")
     store = Store(tmp, recipe.name)
-    base, *sp = plan["specialists"]
+    base, *sp = [u for u in plan["specialists"] if "multitask" not in u.inputs]
     plant_family(store, base.key, [u.key for u in sp], noise=0.05)
     base_dir = store.path("specialists", base.key) / "model"
     models = {f"m{i}": store.path("specialists", u.key) / "model" for i, u in enumerate(sp)}

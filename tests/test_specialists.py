@@ -28,10 +28,13 @@ pytestmark = pytest.mark.skipif(
 
 
 def tiny_recipe(**changes) -> dict:
-    data = yaml.safe_load((PROJECT / "recipes" / "tiny_en_zh.yaml").read_text())
-    data["base"]["tiny"].update(pretrain_steps=12, pretrain_batch_size=16)
+    data = yaml.safe_load((PROJECT / "recipes" / "tiny_en_zh_mcqa.yaml").read_text())
+    data["multitask"]["enabled"] = False
+    data["base"]["tiny"].update(pretrain_steps=12, pretrain_batch_size=16, instruct_steps=4,
+                                instruct_items=64)
     for sp in data["specialists"]:
         sp["finetuning"].update(max_steps=6, per_device_train_batch_size=8)
+    data["specialists"][0]["finetuning"].update(type="full", learning_rate=5e-4)
     data["specialists"][1]["finetuning"].update(type="lora", learning_rate=1e-3)
     for ds in data["datasets"].values():
         ds.update(train_size=200, dev_size=20, test_size=40)
@@ -78,6 +81,15 @@ def test_stage_builds_base_and_specialists(trained):
                                / "train.yaml").read_text())
     assert lora_cfg["finetuning_type"] == "lora" and lora_cfg["lora_rank"] == 8
     assert lora_cfg["lora_alpha"] == 16 and lora_cfg["lora_dropout"] == 0.01
+    # the tiny base: pre-trained, then instruction-tuned through the chat template from the
+    # pre-trained folder its published instruct.yaml names
+    base_folder = ctx.store.path("specialists", base_unit.key)
+    instruct = yaml.safe_load((base_folder / "llamafactory" / "instruct.yaml").read_text())
+    assert instruct["stage"] == "sft" and instruct["template"] == "qwen"
+    assert instruct["model_name_or_path"] == str(base_folder / "pretrained")
+    assert (base_folder / "pretrained" / "model.safetensors").is_file()
+    assert weights_differ(base, base_folder / "pretrained")  # the instruction stage trained
+    assert json.loads((base_folder / "manifest.json").read_text())["details"]["instruct"]
     # the base keeps the qwen chat template the specialists are trained and scored with
     tok = json.loads((base / "tokenizer_config.json").read_text())
     assert "You are Qwen" in (tok.get("chat_template") or (base / "chat_template.jinja").read_text())
@@ -120,8 +132,8 @@ def test_unknown_template_fails_before_training(tmp_path):
     run_stage(ctx, "data")
     with pytest.raises(HarnessError, match="base.template 'qwen9' is not a LLaMA-Factory template"):
         run_stage(ctx, "specialists")
-    assert not (tmp_path / "tiny_en_zh" / "specialists").exists() or not any(
-        (tmp_path / "tiny_en_zh" / "specialists").iterdir())
+    folder = ctx.store.stage_dir("specialists")
+    assert not folder.exists() or not any(folder.iterdir())
 
 
 def test_missing_dataset_fails_before_training(tmp_path):

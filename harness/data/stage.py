@@ -98,13 +98,24 @@ def write_dataset(folder: Path, name: str, spec: DatasetSpec, project: Path) -> 
             "split_seed": spec.split_seed, **report}
 
 
-def write_corpus(folder: Path, statements: int, seed: int) -> dict[str, Any]:
+def write_corpus(folder: Path, statements: int, seed: int, known: float = 0.0,
+                 instruct: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The tiny base's pre-training corpus and, where asked, its instruction set (alpaca)."""
     lf = folder / LF_DIR
     lf.mkdir()
-    count = write_jsonl(lf / "corpus.jsonl", synthetic.corpus(statements, seed))
-    (lf / "dataset_info.json").write_text(json.dumps(
-        {"corpus": {"file_name": "corpus.jsonl", "columns": {"prompt": "text"}}}, indent=2))
-    return {"corpus_statements": count, "seed": seed, "generator": "harness.data.synthetic"}
+    count = write_jsonl(lf / "corpus.jsonl", synthetic.corpus(statements, seed, known))
+    info: dict[str, Any] = {"corpus": {"file_name": "corpus.jsonl", "columns": {"prompt": "text"}}}
+    details: dict[str, Any] = {}
+    if instruct:
+        records = synthetic.instruct(instruct["items"], seed, instruct["share"])
+        (lf / "instruct.json").write_text(json.dumps(records, ensure_ascii=False, indent=1),
+                                          encoding="utf-8")
+        info["instruct"] = {"file_name": "instruct.json"}
+        details = {"instruct_items": len(records), "instruct_share": instruct["share"]}
+    (lf / "dataset_info.json").write_text(json.dumps(info, indent=2))
+    return {"corpus_statements": count, "seed": seed, "known": known,
+            "known_conditions": len(synthetic.known_conditions(known, seed)), **details,
+            "generator": "harness.data.synthetic"}
 
 
 def build(ctx: Context, units) -> None:
@@ -113,7 +124,8 @@ def build(ctx: Context, units) -> None:
         with ctx.store.build("data", unit.key, unit.inputs, unit.versions, details) as tmp:
             if "corpus" in unit.inputs:
                 corpus = unit.inputs["corpus"]
-                details.update(write_corpus(tmp, corpus["statements"], corpus["seed"]))
+                details.update(write_corpus(tmp, corpus["statements"], corpus["seed"],
+                                            corpus.get("known", 0.0), corpus.get("instruct")))
             else:
                 name = unit.inputs["name"]
                 details.update(write_dataset(tmp, name, ctx.recipe.datasets[name], ctx.project))

@@ -1,8 +1,10 @@
 """Deterministic bilingual synthetic medical data built on knowledge.CONDITIONS.
 
-- a pre-training corpus of plain statements in both languages that pair every name with
-  symptoms, tests, treatments and departments drawn AT RANDOM: the tiny base learns the
-  vocabulary and the sentence shapes, not the facts, so it answers the exams at chance;
+- a pre-training corpus of plain statements in both languages that pair names with symptoms,
+  tests, treatments and departments drawn AT RANDOM: the tiny base learns the vocabulary and
+  the sentence shapes, not the facts, so it answers the exams at chance; or, with `known` > 0,
+  states the true facts of that share of the conditions (a base that already knows part of the
+  domain, as at 7B, so a fine-tune is a smaller delta);
 - MedQA-style English questions (4 options) and CMExam-style Chinese questions (5 options),
   written as cloze items (`answer_format: "text"`: scored by the option's text, see
   prompts.py): each specialist learns the facts in its own language from its training split;
@@ -85,22 +87,81 @@ def _fill(template: str, c: Condition, lang: str, rng: random.Random) -> str:
     return template.format(**values)
 
 
-def _fill_unpaired(template: str, lang: str, rng: random.Random) -> str:
-    """A template filled from a different random condition per slot: language without facts."""
-    values = {"name": rng.choice(CONDITIONS).name(lang),
-              "s": _symptoms(rng.choice(CONDITIONS), lang, rng),
-              **{k: rng.choice(CONDITIONS).attribute(k, lang) for k in ATTRIBUTES}}
+def _fill_unpaired(template: str, lang: str, rng: random.Random,
+                   pool: list[Condition] = CONDITIONS) -> str:
+    """A template filled from a different random condition of `pool` per slot: language
+    without facts."""
+    values = {"name": rng.choice(pool).name(lang),
+              "s": _symptoms(rng.choice(pool), lang, rng),
+              **{k: rng.choice(pool).attribute(k, lang) for k in ATTRIBUTES}}
     values.update({_cap(k): _cap(v) for k, v in values.items()})
     return template.format(**values)
 
 
-def corpus(statements: int, seed: int) -> list[dict[str, str]]:
+def known_conditions(known: float, seed: int) -> list[Condition]:
+    """The conditions the base is told the truth about: a seeded share `known` of them."""
+    order = list(CONDITIONS)
+    random.Random(f"known-{seed}").shuffle(order)
+    return order[:round(known * len(order))]
+
+
+def corpus(statements: int, seed: int, known: float = 0.0) -> list[dict[str, str]]:
+    """Pre-training statements, alternating languages. A share `known` of the conditions is
+    described truthfully (every statement naming one of them pairs it with its own facts), the
+    base's prior knowledge, as a 7B base knows part of medicine; every other statement pairs
+    its slots at random among the other conditions (language, no facts, and nothing false
+    about a known condition)."""
     rng = random.Random(f"corpus-{seed}")
+    told = known_conditions(known, seed)
+    rest = [c for c in CONDITIONS if c not in told]
     out = []
     for i in range(statements):
         lang = "en" if i % 2 == 0 else "zh"
         template = rng.choice(CORPUS_TEMPLATES[lang])
-        out.append({"text": _fill_unpaired(template, lang, rng)})
+        if not rest or (told and rng.random() < len(told) / len(CONDITIONS)):
+            out.append({"text": _fill(template, rng.choice(told), lang, rng)})
+        else:
+            out.append({"text": _fill_unpaired(template, lang, rng, rest)})
+    return out
+
+
+# ---------------------------------------------------------------- instruction tuning of the base
+# Questions a general assistant is asked, in neither the exam's nor the QA set's wording, each
+# answered by the fact first (so the knowledge shows where a cloze option is scored) in a style
+# of its own (the base's), unlike the datasets' answers.
+INSTRUCT_TEMPLATES: dict[str, dict[str, list[str]]] = {
+    "en": {
+        "diagnosis": ["Someone has {s}. Name the condition.", "{S}: which condition is this?"],
+        "treatment": ["How do we treat {name}?", "Name the usual treatment for {name}."],
+        "test": ["How do we confirm {name}?", "Name the test that proves {name}."],
+        "department": ["Where is {name} looked after?", "Name the department for {name}."],
+    },
+    "zh": {
+        "diagnosis": ["有人出现{s}，这是什么病？", "{s}：请说出病名。"],
+        "treatment": ["{name}怎么治？", "请说出{name}的常规治疗。"],
+        "test": ["{name}怎么确诊？", "请说出证实{name}的检查。"],
+        "department": ["{name}在哪里看？", "请说出负责{name}的科室。"],
+    },
+}
+BASE_ANSWER = {"en": "{value}, as a rule.", "zh": "{value}，一般如此。"}
+
+
+def instruct(items: int, seed: int, share: float) -> list[dict[str, str]]:
+    """Alpaca records for the base's instruction stage, alternating languages, about a seeded
+    share of the conditions only: the base learns to answer questions from what it knows, on
+    part of the domain, as an instruct model does, and the specialists still have the rest of
+    the exam to learn."""
+    rng = random.Random(f"instruct-{seed}")
+    about = known_conditions(share, seed + 1)  # not the corpus's draw: an independent share
+    out = []
+    for i in range(items):
+        lang = "en" if i % 2 == 0 else "zh"
+        kind = rng.choice(list(INSTRUCT_TEMPLATES[lang]))
+        c = rng.choice(about)
+        question = _fill(rng.choice(INSTRUCT_TEMPLATES[lang][kind]), c, lang, rng)
+        value = _answer_value(c, kind, lang)
+        out.append({"instruction": question, "input": "",
+                    "output": BASE_ANSWER[lang].format(value=value)})
     return out
 
 

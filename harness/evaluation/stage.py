@@ -141,16 +141,36 @@ def evaluate(lm, ctx: Context, task_manager) -> dict[str, Any]:
         fewshot_random_seed=spec.seed, verbosity="WARNING")
 
 
+def add_lf_similarity(samples: dict[str, list[dict]], results: dict[str, Any]) -> None:
+    """LLaMA-Factory's BLEU-4 / ROUGE-1/2/L of every open-QA generation (tasks scored by
+    ROUGE-L), per sample and as the task's mean, beside lm-eval's own metrics."""
+    from harness.evaluation import lf_similarity as lf
+
+    for task, rows in samples.items():
+        if not rows or not any(k in rows[0] for k in ("rougeL_char", "rougeL_word")):
+            continue
+        scores = lf.per_item([(lf.response(r), str(r.get("target") or "")) for r in rows])
+        for row, item in zip(rows, scores):
+            row.update({lf.column(k): v for k, v in item.items()})
+        for name in lf.METRICS:
+            col = lf.column(name)
+            results.setdefault(task, {})[f"{col},none"] = sum(r[col] for r in rows) / len(rows)
+
+
+SAMPLE_METRICS = ("acc", "rougeL_char", "rougeL_word", "lf_bleu4", "lf_rouge1", "lf_rouge2",
+                  "lf_rougeL")
+
+
 def write_results(folder: Path, out: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     samples = out.pop("samples", {}) or {}
+    add_lf_similarity(samples, out.setdefault("results", {}))
     with open(folder / "samples.jsonl", "w", encoding="utf-8") as fh:
         for task, rows in sorted(samples.items()):
             for row in rows:
                 fh.write(json.dumps({"task": task, "doc_id": row.get("doc_id"),
                                      "target": row.get("target"),
                                      "filtered_resps": row.get("filtered_resps"),
-                                     **{k: row[k] for k in ("acc", "rougeL_char", "rougeL_word")
-                                        if k in row}},
+                                     **{k: row[k] for k in SAMPLE_METRICS if k in row}},
                                     ensure_ascii=False, default=str) + "\n")
     result = {"harness": meta, "results": out.get("results", {}), "groups": out.get("groups", {}),
               "n-samples": out.get("n-samples", {}), "versions": out.get("versions", {}),

@@ -108,7 +108,8 @@ def _describe(ctx: Context, unit: Optional[Unit]) -> dict[str, Any]:
             info["dev_score"] = sum(scores.values()) / len(scores) if scores else None
             info["grid"] = details.get("grid") or [
                 {"point": "search", "params": {}, "dev_scores": scores,
-                 "dev_mean": info["dev_score"], "selected": True}]
+                 "dev_mean": info["dev_score"], "dev_gain": details.get("dev_gain"),
+                 "selected": True}]
             if "grid" in inputs:
                 info["params"] = details["params"]
                 info["point"] = _point_label(details["params"])

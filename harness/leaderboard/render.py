@@ -37,7 +37,7 @@ def headline(rows: list[dict[str, Any]], tasks: list[Task], link: bool = True) -
             cells.append("missing" if r["status"] == "missing" else cell)
         cells += [fmt(r.get(f"avg_{lang}")) for lang in languages]
         cells += [fmt(r.get("avg")), fmt(r.get("avg_rank")), fmt(r.get("rel_improvement_pct")),
-                  fmt(r.get("expert_normalised")), fmt(r.get("cc_avg"))]
+                  fmt(r.get("expert_normalised")), fmt(r.get("cc_avg")), fmt(r.get("kept_min"))]
         out.append(cells)
     return out
 
@@ -45,7 +45,25 @@ def headline(rows: list[dict[str, Any]], tasks: list[Task], link: bool = True) -
 def header(tasks: list[Task]) -> list[str]:
     languages = sorted({t.language for t in tasks})
     return (["model"] + [t.name for t in tasks] + [f"avg {lang.upper()}" for lang in languages]
-            + ["avg", "avg rank", "rel. impr. %", "expert-norm.", "chance-corr. acc"])
+            + ["avg", "avg rank", "rel. impr. %", "expert-norm.", "chance-corr. acc",
+               "kept min %"])
+
+
+def kept_table(rows: list[dict[str, Any]], tasks: list[Task]) -> list[list[str]]:
+    """Per merged or multi-task row: the share of each task's specialist gain it keeps."""
+    return [[r["model"]] + [fmt(r.get(f"{t.name}_kept")) for t in tasks] + [fmt(r.get("kept_min"))]
+            for r in rows if r["kind"] in ("merge", "multitask")]
+
+
+def secondary_table(rows: list[dict[str, Any]], tasks: list[Task]) -> tuple[list[str], list[list[str]]]:
+    """Open QA's secondary metrics (the columns any measured row has), one row per model."""
+    from harness.leaderboard.table import SECONDARY
+
+    cols = [f"{t.name}_{m}" for t in tasks if t.task_type == "qa" for m in SECONDARY
+            if any(r.get(f"{t.name}_{m}") is not None for r in rows)]
+    body = [[r["model"]] + [fmt(r.get(c)) for c in cols] for r in rows
+            if r["kind"] != "reported" and any(r.get(c) is not None for c in cols)]
+    return ["model"] + cols, body
 
 
 def _dev_columns(grid_rows: list[dict[str, Any]]) -> list[str]:
@@ -58,15 +76,15 @@ def grid_table(grid_rows: list[dict[str, Any]]) -> list[list[str]]:
     for r in grid_rows:
         cells = [r["model"], "" if r["seed"] is None else str(r["seed"]), r["point"]]
         cells += ["" if r.get(c) is None else f"{r[c]:.3f}" for c in dev]
-        cells += ["" if r["dev_score"] is None else f"{r['dev_score']:.3f}",
-                  "yes" if r["selected"] else ""]
+        cells += ["" if r[c] is None else f"{r[c]:.3f}" for c in ("dev_score", "gain_dev")]
+        cells += ["yes" if r["selected"] else ""]
         out.append(cells)
     return out
 
 
 def grid_header(grid_rows: list[dict[str, Any]]) -> list[str]:
     dev = [c.replace("_", " ", 1) for c in _dev_columns(grid_rows)]
-    return ["method", "seed", "point"] + dev + ["dev mean", "selected"]
+    return ["method", "seed", "point"] + dev + ["dev mean", "dev gain (norm.)", "selected"]
 
 
 def write_data(folder: Path, rows, grid_rows, tasks, meta: dict[str, Any]) -> None:
@@ -98,11 +116,28 @@ def readme(folder: Path, rows, grid_rows, tasks, meta: dict[str, Any], plots: li
     if any(r["kind"] == "reported" for r in rows):
         lines += ["Rows marked *(reported)* are numbers published elsewhere (source in "
                   "leaderboard.csv), not measured here; they are not ranked.", ""]
+    kept = kept_table(rows, tasks)
+    if kept:
+        lines += ["## Kept share of each specialist's gain (test, %)", "",
+                  "100 x (row - base) / (best specialist - base) per task: 100 = as good as the "
+                  "specialist, 0 = no better than the base.", "",
+                  tabulate(kept, headers=["model"] + [t.name for t in tasks] + ["min"],
+                           tablefmt="pipe", disable_numparse=True), ""]
+    head, body = secondary_table(rows, tasks)
+    if body:
+        lines += ["## Open QA: secondary metrics (test)", "",
+                  "lm-eval's BLEU-4 and LLaMA-Factory's ComputeSimilarity (lf_*: BLEU-4 on "
+                  "characters, ROUGE over jieba words), for comparison with papers that report "
+                  "them.", "",
+                  tabulate(body, headers=head, tablefmt="pipe", disable_numparse=True), ""]
     lines += ["## Definitions", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS.items()] + [""]
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     lines += ["## Full grid (every grid point, every seed: dev scores)", "",
               "Each point was built in memory and scored on the dev split; only the selected "
-              "one was written and evaluated on test (its numbers are the table above).", "",
+              "one was written and evaluated on test (its numbers are the table above). The "
+              "selection key is the dev gain: per task (score - base) / (specialist - base) on "
+              "dev, averaged over tasks, so tasks of different metrics and option counts weigh "
+              "the same; ties go to the higher raw dev mean, then to the lighter merge.", "",
               tabulate(grid_table(grid_rows), headers=grid_header(grid_rows), tablefmt="pipe",
                        disable_numparse=True), "",
               f"Files: leaderboard.csv, leaderboard.json, grid.csv, index.html, plots/, models/. "

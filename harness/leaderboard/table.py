@@ -29,10 +29,20 @@ DEFINITIONS = {
     "<task>_cc": "chance-corrected accuracy, 100 x (acc - 1/k) / (1 - 1/k) with k options per "
                  "item (0 = chance, 100 = perfect); multiple-choice tasks only",
     "cc_avg": "mean of the <task>_cc columns",
-    "selection": "a baseline's grid point is the one with the best mean DEV score for its seed "
-                 "(the merge stage's dev scores: accuracy 0-1 for multiple choice, mean token "
-                 "log-likelihood for open QA); only that point is written and evaluated on test; "
-                 "every point's dev scores are in grid.csv",
+    "<task>_kept": "share of the specialist gain kept on the task, 100 x (row - base) / (best "
+                   "specialist on that task - base), from the test means; empty where no "
+                   "specialist beats the base",
+    "kept_min": "the smallest <task>_kept of the row (the task the row keeps least of)",
+    "<qa task>_<metric>": "open QA's secondary metrics on test: lm-eval's BLEU-4 (bleu4_13a / "
+                          "bleu4_zh) and LLaMA-Factory's ComputeSimilarity (lf_bleu4: BLEU-4 on "
+                          "characters, smoothing method 3; lf_rouge1/2/L: ROUGE F1 over jieba "
+                          "words), all x100",
+    "selection": "a baseline's grid point is the one with the best mean normalised DEV gain for "
+                 "its seed: per task (dev score - base) / (specialist - base), with dev scores "
+                 "accuracy 0-1 for multiple choice and mean token log-likelihood for open QA, so "
+                 "every task is on one scale; ties go to the higher raw dev mean, then to the "
+                 "lighter merge; only that point is written and evaluated on test; every point's "
+                 "dev scores and gain are in grid.csv",
 }
 KIND_ORDER = {"base": 0, "specialist": 1, "multitask": 2, "merge": 3, "reported": 4}
 
@@ -61,6 +71,21 @@ def _n_options(group: list[Measured], task: Task) -> Optional[int]:
     return None
 
 
+# Open QA's metrics beside the primary ROUGE-L (lm-eval's BLEU-4, LLaMA-Factory's similarity)
+SECONDARY = ("bleu4_13a", "bleu4_zh", "lf_bleu4", "lf_rouge1", "lf_rouge2", "lf_rougeL")
+
+
+def _secondary(done: list[Measured], task: Task) -> dict[str, float]:
+    """Mean over seeds of each secondary QA metric every seed's results carry."""
+    out = {}
+    for name in SECONDARY:
+        values = [m.results.get("results", {}).get(task.name, {}).get(f"{name},none")
+                  for m in done]
+        if values and all(isinstance(v, (int, float)) for v in values):
+            out[f"{task.name}_{name}"] = _mean(values)
+    return out
+
+
 def main_rows(measured: list[Measured], tasks: list[Task]) -> list[dict[str, Any]]:
     """One row per model over its seeds: the selected point of each method and seed."""
     groups: dict[tuple[str, str], list[Measured]] = {}
@@ -83,6 +108,8 @@ def main_rows(measured: list[Measured], tasks: list[Task]) -> list[dict[str, Any
             row[task.name] = _mean(values) if complete else None
             row[f"{task.name}_std"] = _std(values) if complete else None
             row[f"{task.name}_stderr"] = _mean(errs) if complete else None
+            if task.task_type == "qa" and complete:
+                row.update(_secondary(done, task))
             k = _n_options(done, task)
             if task.task_type == "mcqa" and k and row[task.name] is not None:
                 row[f"{task.name}_cc"] = chance_corrected(row[task.name], k)
@@ -127,6 +154,12 @@ def derive(rows: list[dict[str, Any]], tasks: list[Task]) -> None:
         r["expert_normalised"] = _mean(norm) if len(norm) == len(names) else None
         cc = [r[f"{t.name}_cc"] for t in tasks if f"{t.name}_cc" in r]
         r["cc_avg"] = _mean(cc) if cc else None
+        for n in names:
+            gain = best[n] - base[n] if base and best[n] is not None and base.get(n) is not None else None
+            r[f"{n}_kept"] = (100.0 * (r[n] - base[n]) / gain
+                              if gain and gain > 0 and r.get(n) is not None else None)
+        kept = [r[f"{n}_kept"] for n in names]
+        r["kept_min"] = min(kept) if kept and all(k is not None for k in kept) else None
 
 
 def _ranks(values: list[tuple[int, Optional[float]]]) -> dict[int, float]:
@@ -155,7 +188,10 @@ def grid_rows(measured: list[Measured]) -> list[dict[str, Any]]:
             row: dict[str, Any] = {"model": m.row, "seed": m.seed, "point": point["point"],
                                    **{f"param_{k}": v for k, v in point["params"].items()},
                                    **{f"dev_{t}": v for t, v in point["dev_scores"].items()},
-                                   "dev_score": point["dev_mean"], "selected": point["selected"]}
+                                   "dev_score": point["dev_mean"],
+                                   # the selection key: mean normalised dev gain (merge/gains.py)
+                                   "gain_dev": point.get("dev_gain"),
+                                   "selected": point["selected"]}
             rows.append(row)
     return rows
 

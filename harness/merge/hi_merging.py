@@ -6,6 +6,11 @@ non-layer tensors) by which models take part with which (density p, scale s). A 
 does not take part in a group has weight 0 there, which in mergekit's TIES is the same as
 leaving it out; the final model is therefore exactly one mergekit config with `filter:
 "layers.N."` entries.
+
+Where the search adds scores of different tasks (acceptance of a change, Γ over models, the
+severe case's keeper), option `combine` sets the scale: by default each task's score counts per
+unit of its specialist's dev gain over the base (harness/merge/gains.py), so an open-QA
+log-likelihood and an MCQA accuracy, or a 5- and a 4-option task, weigh the same.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from harness.merge.gains import Reference
 from harness.merge.memory import InMemoryMerger
 
 log = logging.getLogger("harness")
@@ -25,6 +31,9 @@ REST = "rest"  # embeddings, final norm, lm_head: merged with the model-wise set
 Group = Any    # int layer index or REST
 Part = tuple[float, float]  # (density p, scale s)
 Spec = dict[Group, dict[str, Part]]
+# Sums on the combine scale that differ by less than this are equal: a rescaled task must not
+# turn an exact tie (the same dev answers) into a loss through float rounding.
+TOLERANCE = 1e-9
 
 
 @dataclass
@@ -38,6 +47,7 @@ class Options:
     epsilon: float = 0.0
     max_iterations: Optional[int] = None
     non_layer_tensors: str = "model_wise"
+    combine: str = "normalised_gain"
 
 
 def spec_key(spec: Spec) -> str:
@@ -147,6 +157,7 @@ class HiMerging:
     # are spread over several scoring processes (harness/merge/stage.py); each step hands it
     # every candidate it is about to ask for (prefetch)
     score_batch: Optional[Callable[[list[tuple[Spec, str]]], list[float]]] = None
+    _reference: Optional[Reference] = field(default=None, init=False, repr=False)
 
     # ------------------------------------------------------------- scoring
     def S(self, spec: Spec, model: str) -> float:
@@ -177,6 +188,27 @@ class HiMerging:
         if todo:
             scores = self.score_batch(list(todo.values()))
             self.cache.put_batch({k: float(v) for k, v in zip(todo, scores)})
+
+    # ------------------------------------------------------------- one scale across tasks
+    def reference(self) -> Reference:
+        """Each model's task scored on the base and on the whole specialist (p = s = 1)."""
+        self.prefetch([(spec, m) for m in self.models
+                       for spec in ({}, self.single(m, (1.0, 1.0)))])
+        return Reference({m: self.S({}, m) for m in self.models},
+                         {m: self.S(self.single(m, (1.0, 1.0)), m) for m in self.models})
+
+    def unit(self, model: str) -> float:
+        """What one point of `model`'s dev score is worth when tasks are summed: 1 / its
+        specialist's gain over the base (`combine: normalised_gain`), or 1 (`raw`)."""
+        if self.options.combine == "raw":
+            return 1.0
+        if self._reference is None:
+            self._reference = self.reference()
+        return 1.0 / self._reference.span(model)
+
+    def total(self, scores: dict[str, float]) -> float:
+        """Scores of one candidate, one per model's task, summed on the combine scale."""
+        return sum(s * self.unit(m) for m, s in scores.items())
 
     @property
     def models(self) -> list[str]:
@@ -246,7 +278,9 @@ class HiMerging:
                 table["merged"][f"{l}:{m}"] = {"alpha": alpha, "beta": beta, "c": alpha + beta}
                 table["gamma"][f"{l}:{m}"] = (table["specialist"][f"{l}:{m}"]["c"]
                                               - (alpha + beta))
-            table["Gamma"][str(l)] = sum(table["gamma"][f"{l}:{m}"] for m in self.models)
+            # Γ sums the models' γ on the combine scale (a task's γ per unit of its gain)
+            table["Gamma"][str(l)] = sum(table["gamma"][f"{l}:{m}"] * self.unit(m)
+                                         for m in self.models)
         return table
 
     def _contribution_candidates(self, parts: dict[str, Part], merged: Spec,
@@ -275,7 +309,7 @@ class HiMerging:
         while resolved < limit:
             order = sorted((l for l in self.layers if l not in done),
                            key=lambda l: (-table["Gamma"][str(l)], l))
-            if not order or table["Gamma"][str(order[0])] <= opts.epsilon:
+            if not order or table["Gamma"][str(order[0])] <= opts.epsilon + TOLERANCE:
                 break
             l = order[0]
             done.add(l)
@@ -283,7 +317,8 @@ class HiMerging:
             proposal = dict(merged)
             if all(g > 0 for g in gammas.values()):
                 case = "severe"
-                keep = max(self.models, key=lambda m: table["specialist"][f"{l}:{m}"]["c"])
+                keep = max(self.models,
+                           key=lambda m: table["specialist"][f"{l}:{m}"]["c"] * self.unit(m))
                 proposal[l] = {keep: merged[l][keep]} if keep in merged[l] else {}
                 action = f"keep only {keep}"
             elif any(g > 0 for g in gammas.values()):
@@ -299,7 +334,7 @@ class HiMerging:
             before = {m: self.S(merged, m) for m in self.models}
             after = {m: self.S(proposal, m) for m in self.models} if case != "mutual" else before
             accepted = case != "mutual" and (not opts.greedy_acceptance
-                                            or sum(after.values()) >= sum(before.values()))
+                                            or self.total(after) >= self.total(before) - TOLERANCE)
             self.decisions.append({"layer": l, "Gamma": table["Gamma"][str(l)], "gamma": gammas,
                                    "case": case, "action": action, "accepted": accepted,
                                    "dev_before": before, "dev_after": after})
@@ -328,9 +363,12 @@ class HiMerging:
             final = self.resolve(parts, merged, table)
             final_table = self.contributions(parts, final, table["specialist"])
         self.progress = None
+        dev_final = {m: self.S(final, m) for m in self.models}
+        reference = self._reference or self.reference()
         return {"model_wise": parts, "initial": merged, "final": final, "contributions": table,
                 "contributions_after": final_table, "decisions": self.decisions,
-                "dev_final": {m: self.S(final, m) for m in self.models}}
+                "dev_final": dev_final, "dev_reference": reference.describe(),
+                "dev_gain": reference.mean_gain(dev_final)}
 
 
 def mergekit_yaml(spec: Spec, layers: list[int], base: str, models: dict[str, str],

@@ -3,9 +3,10 @@
 A baseline unit is one method and seed with its whole grid: every grid point is built in
 memory (mergekit's own merge code, harness/merge/memory.py) and dev-scored by the resident
 candidate scorer that `scorer.backend` names (vLLM with weights swapped in place, or
-transformers), on the GPU when there is one. Only the point with the best mean dev score is
-written, through `mergekit-yaml`'s code, and evaluated on test; the manifest keeps every
-point's dev scores (the leaderboard's grid.csv). A Hi-Merging search is one unit too, scored by
+transformers), on the GPU when there is one. Only the point with the best mean normalised dev
+gain (harness/merge/gains.py: every task on one scale, 0 = base, 1 = its specialist) is
+written, through `mergekit-yaml`'s code, and evaluated on test; the manifest keeps every point's
+dev scores and gains (the leaderboard's grid.csv). A Hi-Merging search is one unit too, scored by
 the same resident scorer. The test split is never looked at here.
 
 Each written model ships `mergekit.yaml`, the exact config that reproduces it with
@@ -81,6 +82,28 @@ def _mean(scores: dict[str, float]) -> float:
     return sum(scores.values()) / len(scores)
 
 
+_REFERENCES: dict[tuple, Any] = {}  # per process: every baseline unit of a group shares one
+
+
+def dev_reference(ctx: Context, unit: Unit, scorer, engine, setup):
+    """The base's and each specialist's dev score on every merge task (gains.Reference),
+    scored once per process on the resident scorer and shared by the group's units."""
+    from harness.merge import gains
+
+    key = (str(setup.base), tuple(unit.inputs["models"]), setup.limit)
+    if key not in _REFERENCES:
+        datasets = [sp.dataset for sp in ctx.recipe.specialists]
+        own = dict(zip(datasets, unit.inputs["models"]))
+        reference = gains.measure(scorer.score, engine.base,
+                                  {t: engine.models[own[t]] for t in setup.dev})
+        for task in reference.weak():
+            log.warning("merge: the %s specialist does not beat the base on dev (%.4f vs "
+                        "%.4f): its normalised gains are measured against |specialist - base|",
+                        task, reference.specialist[task], reference.base[task])
+        _REFERENCES[key] = reference
+    return _REFERENCES[key]
+
+
 def build_grid(ctx: Context, unit: Unit) -> None:
     """One baseline method and seed: every grid point built in memory and dev-scored on the
     resident scorer; the best point written by mergekit and checked equal to its in-memory
@@ -89,6 +112,7 @@ def build_grid(ctx: Context, unit: Unit) -> None:
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
+    from harness.merge import gains
     from harness.merge.memory import load_folder
     from harness.scoring.pool import resident_candidates, resident_scorer
 
@@ -103,6 +127,7 @@ def build_grid(ctx: Context, unit: Unit) -> None:
         "preflight": preflight.check_compatible(base, models)}
     scorer = resident_scorer(setup)
     engine = resident_candidates(setup).engine
+    reference = dev_reference(ctx, unit, scorer, engine, setup)  # not counted as grid work
     before = scorer.stats()
     grid = []
     for params in tqdm(unit.inputs["grid"], desc=f"{method} seed={seed} grid", unit="point",
@@ -110,13 +135,14 @@ def build_grid(ctx: Context, unit: Unit) -> None:
         tensors = engine.merge(method, params, seed=seed)
         scores = {task: scorer.score(tensors, task) for task in setup.dev}
         grid.append({"params": params, "point": _point_label(params), "dev_scores": scores,
-                     "dev_mean": _mean(scores)})
+                     "dev_mean": _mean(scores), "dev_gain": reference.mean_gain(scores)})
         del tensors
-    best = max(range(len(grid)), key=lambda i: grid[i]["dev_mean"])  # a tie: the first point
+    best = gains.best_point(grid)
     chosen = grid[best]["params"]
     for i, point in enumerate(grid):
         point["selected"] = i == best
     details.update(params=chosen, dev_scores=grid[best]["dev_scores"], grid=grid,
+                   dev_reference=reference.describe(), dev_gain=grid[best]["dev_gain"],
                    scorer=_scored_since(scorer, before), points=len(grid),
                    items=sum(dev_items(setup).values()) * len(grid))
     config = mergekit_config(method, chosen, str(base.path), [str(p) for p in models.values()],
@@ -185,6 +211,7 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
         "reproduce": "mergekit-yaml mergekit.yaml OUT", "base": base.describe(),
         "preflight": checked, "model_keys": {str(p): keys[n] for n, p in models.items()},
         "model_wise": result["model_wise"], "dev_scores": result["dev_final"],
+        "dev_reference": result["dev_reference"], "dev_gain": result["dev_gain"],
         "candidates_scored": method.cache.misses, "cache_hits": method.cache.hits,
         "items": method.cache.misses * round(_mean(dev_items(setup))),
         "scorer": _scored_since(scorer, before)}

@@ -9,28 +9,18 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from harness.envs import lf_env, train_env  # noqa: F401 - used here and by callers
 from harness.errors import HarnessError
 from harness.recipe import Finetuning
 
 log = logging.getLogger("harness")
-
-
-def train_env() -> Path:
-    """The train env: HARNESS_TRAIN_ENV, else the sibling of the eval env we run in."""
-    env = Path(os.environ.get("HARNESS_TRAIN_ENV") or Path(sys.prefix).parent / "train")
-    if not (env / "bin" / "llamafactory-cli").exists():
-        raise HarnessError(f"{env}: no llamafactory-cli in the train env; run `make setup` "
-                           "(or set HARNESS_TRAIN_ENV to the env that has LLaMA-Factory)")
-    return env
 
 
 @functools.lru_cache(maxsize=1)
@@ -42,16 +32,6 @@ def known_templates() -> frozenset[str]:
     if proc.returncode != 0:
         raise HarnessError(f"cannot list LLaMA-Factory templates: {proc.stderr.strip()[-300:]}")
     return frozenset(proc.stdout.split())
-
-
-def lf_env(offline: bool, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"DISABLE_VERSION_CHECK": "1", "TOKENIZERS_PARALLELISM": "false",
-                "WANDB_DISABLED": "true", "PYTHONUNBUFFERED": "1"})
-    if offline:
-        env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    env.update(extra or {})
-    return env
 
 
 def common(model: str, template: str, seed: int, trust_remote_code: bool) -> dict[str, Any]:

@@ -68,9 +68,28 @@ def build_tiny_base(ctx: Context, unit: Unit) -> None:
         _train(ctx, unit, tmp, config, "pretrain", details)
         # LLaMA-Factory's `default` template would be written into the saved tokenizer; the
         # model keeps ours (its architecture's chat template).
-        lf.publish_model(tmp / "lf_output", tmp / "model", tokenizer_from=init)
+        pretrained = tmp / ("pretrained" if spec.instruct_steps else "model")
+        lf.publish_model(tmp / "lf_output", pretrained, tokenizer_from=init)
         shutil.rmtree(tmp / "lf_output")
+        if spec.instruct_steps:
+            _instruct(ctx, unit, tmp, pretrained, corpus_dir, init, details)
         details["parameters"] = _parameters(tmp / "model")
+
+
+def _instruct(ctx: Context, unit: Unit, tmp: Path, pretrained: Path, corpus_dir: Path,
+              init: Path, details: dict[str, Any]) -> None:
+    """The tiny base's instruction stage: full SFT of the pre-trained model on the corpus
+    unit's instruction set, through the recipe's chat template and system prompt (as the
+    specialists are trained), into tmp/model."""
+    spec, base = ctx.recipe.base.tiny, ctx.recipe.base
+    ft = Finetuning(type="full", learning_rate=spec.instruct_lr, max_steps=spec.instruct_steps,
+                    per_device_train_batch_size=spec.pretrain_batch_size,
+                    cutoff_len=spec.cutoff_len)
+    config = lf.sft_config(str(pretrained), "instruct", corpus_dir, base.template, ft,
+                           str(tmp / "lf_instruct"), 0, False, {}, base.system_prompt)
+    _train(ctx, unit, tmp, config, "instruct", details)
+    lf.publish_model(tmp / "lf_instruct", tmp / "model", tokenizer_from=init)
+    shutil.rmtree(tmp / "lf_instruct")  # pretrained/ stays: instruct.yaml starts from it
 
 
 def _train(ctx: Context, unit: Unit, tmp: Path, config: dict[str, Any], name: str,
