@@ -298,6 +298,10 @@ class EvalSpec(Strict):
 class ScorerSpec(Strict):
     """Scores Hi-Merging's candidates and picks baseline grid points. Dev split only."""
     backend: Literal["auto", "vllm", "hf"] = "auto"
+    # QA's dev score: the reference answer's mean token log-likelihood (one forward pass), or
+    # `generate`: the ROUGE-L of the greedy answer (eval.max_gen_toks tokens at most), the
+    # leaderboard's own metric, which sees a merge whose answers collapse while the reference
+    # stays likely. MCQA is scored by option log-likelihood in both modes.
     mode: Literal["loglikelihood", "generate"] = "loglikelihood"
     split: str = "dev"
     limit: Optional[int] = Field(None, gt=0)

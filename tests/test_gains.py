@@ -18,8 +18,19 @@ def test_a_failed_specialist_keeps_higher_is_better():
     ref = gains.Reference({"t": 0.5}, {"t": 0.4})  # the specialist is worse than the base
     assert ref.weak() == ["t"]
     assert ref.gain("t", 0.6) > ref.gain("t", 0.5) > ref.gain("t", 0.4)
-    flat = gains.Reference({"t": 0.5}, {"t": 0.5})
-    assert flat.gain("t", 0.5) == 0.0 and flat.gain("t", 0.51) > 0  # finite, no division by 0
+
+
+def test_a_flat_specialist_is_left_out_instead_of_outweighing_every_task():
+    # One dev item (1/16) over an equal specialist: a floored span would score it in the
+    # thousands and decide the whole merge on it.
+    ref = gains.Reference({"mcqa": 0.25, "flat": 0.5}, {"mcqa": 0.65, "flat": 0.5})
+    assert ref.flat() == ["flat"] and ref.weak() == ["flat"]
+    assert ref.mean_gain({"mcqa": 0.45, "flat": 0.5 + 1 / 16}) == pytest.approx(0.5)
+    assert ref.mean_gain({"mcqa": 0.45, "flat": 0.0}) == pytest.approx(0.5)
+    assert ref.unit("flat") == 0.0 and ref.unit("mcqa") == pytest.approx(2.5)
+    # Every task flat: raw differences from the base, so a better merge still wins.
+    none = gains.Reference({"a": 0.5, "b": -3.0}, {"a": 0.5, "b": -3.0})
+    assert none.mean_gain({"a": 0.6, "b": -3.0}) > none.mean_gain({"a": 0.5, "b": -3.0})
 
 
 def point(params, scores):

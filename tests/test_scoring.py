@@ -7,6 +7,7 @@ from harness.data import synthetic
 from harness.merge.hi_merging import REST, Candidates
 from harness.merge.memory import InMemoryMerger
 from harness.plan import build_plan
+from harness.scoring.requests import mean_rouge
 from harness.recipe import load_recipe
 from harness.store import Store
 
@@ -41,7 +42,7 @@ def test_hf_and_vllm_scorers_agree(family):
     specs = [{}, {g: {"m0": (1.0, 1.0)} for g in candidates.groups},
              {1: {"m0": (0.5, 1.0), "m1": (0.5, 1.0)}},
              {g: {"m0": (0.7, 0.8), "m1": (0.3, 1.0)} for g in [0, 2, REST]}, {}]
-    scores, moved = {}, {}
+    scores, moved, texts = {}, {}, {}
     for backend in ("hf", "vllm"):
         scorer = CandidateScorer(backend, base_dir, dev, "float32", True, max_model_len=512)
         try:
@@ -54,8 +55,17 @@ def test_hf_and_vllm_scorers_agree(family):
             moved[backend] = scorer.stats()["tensors_moved"] - before
             if backend == "vllm":
                 check_prefix_cache(scorer.engine, dev["en"][0])
+            texts[backend] = generated(scorer, candidates.build(specs[1]), dev["qa"][0])
         finally:
             scorer.close()
+    # `generate` mode: both engines give the same greedy answers (float noise may flip a late
+    # token of one), and the QA dev score is their ROUGE-L
+    hf, vllm = texts["hf"][0], texts["vllm"][0]
+    same = sum(a == b for a, b in zip(hf, vllm))
+    assert same >= len(hf) - 1, list(zip(hf, vllm))
+    for backend, (answers, score) in texts.items():
+        assert score == pytest.approx(mean_rouge(dev["qa"][0], answers))
+    assert same >= 1  # the comparison is not vacuous
     for hf_row, v_row in zip(scores["hf"], scores["vllm"]):
         assert abs(hf_row[0] - v_row[0]) <= 1 / 40 + 1e-9
         assert abs(hf_row[1] - v_row[1]) <= 1 / 40 + 1e-9
@@ -63,6 +73,35 @@ def test_hf_and_vllm_scorers_agree(family):
         assert abs(hf_row[3] - v_row[3]) <= 1 / 40 + 1e-9
     assert scores["hf"][0] == scores["hf"][-1]  # back to the base: the same scores again
     assert moved == {"hf": len(candidates.groups[2]), "vllm": len(candidates.groups[2])}
+
+
+def generated(scorer, tensors, records):
+    """(greedy answers, `generate`-mode dev score) of one candidate on the QA records."""
+    scorer.mode, scorer.max_gen_toks = "generate", 24
+    try:
+        score = scorer.score(tensors, "qa")
+    finally:
+        scorer.mode = "loglikelihood"
+    engine = scorer.engine if scorer.backend == "vllm" else scorer.hf
+    contexts = engine.requests.qa_contexts(records)
+    if scorer.backend == "vllm":
+        return engine.generations(contexts, 24), score
+    return engine.generations(scorer.engine.model, contexts, 24), score
+
+
+def test_hf_generation_batches_like_one_prompt_at_a_time(family):
+    """Left padding and the stop tokens: a batch gives each prompt the answer it gets alone."""
+    from harness.scoring.hf import HFScorer, load_model
+
+    base_dir, models, dev = family
+    model = load_model(models["m0"])
+    scorer = HFScorer(base_dir, batch_size=4)
+    contexts = scorer.requests.qa_contexts(dev["qa"][0])
+    assert len({len(c) for c in contexts}) > 1  # prompts of different lengths: padding matters
+    batched = scorer.generations(model, contexts, 24)
+    scorer.batch_size = 1
+    assert batched == scorer.generations(model, contexts, 24)
+    assert all(t.strip() for t in batched)  # the planted model writes something
 
 
 def check_prefix_cache(engine, records):

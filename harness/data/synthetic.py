@@ -144,11 +144,24 @@ INSTRUCT_TEMPLATES: dict[str, dict[str, list[str]]] = {
     },
 }
 BASE_ANSWER = {"en": "{value}, as a rule.", "zh": "{value}，一般如此。"}
+# Open consultations (a third of the items): symptoms in, every fact of the condition out, in
+# the base's own sentence, not the QA set's. An instruct model already answers a patient in
+# sentences; without this the tiny base has never written one, so the QA specialist's delta
+# carries the whole answer format and a merge that shrinks it loses the format with the facts.
+CONSULT_SHARE = 1 / 3
+CONSULT: dict[str, tuple[list[str], str]] = {
+    "en": (["Someone reports {s}. What is it likely to be?",
+            "My friend has {s}. Any idea what that is?"],
+           "Probably {name}. {Test} would confirm it; it is treated with {treatment}, in "
+           "{department}."),
+    "zh": (["有人说自己{s}，大概是什么病？", "朋友出现{s}，这是怎么回事？"],
+           "多半是{name}，可做{test}确认，治疗可用{treatment}，去{department}。"),
+}
 
 
 def instruct(items: int, seed: int, share: float) -> list[dict[str, str]]:
     """Alpaca records for the base's instruction stage, alternating languages, about a seeded
-    share of the conditions only: the base learns to answer questions from what it knows, on
+    share of the conditions only (a fact asked directly, or a consultation from symptoms): the base learns to answer questions from what it knows, on
     part of the domain, as an instruct model does, and the specialists still have the rest of
     the exam to learn."""
     rng = random.Random(f"instruct-{seed}")
@@ -156,6 +169,12 @@ def instruct(items: int, seed: int, share: float) -> list[dict[str, str]]:
     out = []
     for i in range(items):
         lang = "en" if i % 2 == 0 else "zh"
+        if rng.random() < CONSULT_SHARE:
+            questions, answer = CONSULT[lang]
+            c = rng.choice(about)
+            out.append({"instruction": _fill(rng.choice(questions), c, lang, rng), "input": "",
+                        "output": _fill(answer, c, lang, rng)})
+            continue
         kind = rng.choice(list(INSTRUCT_TEMPLATES[lang]))
         c = rng.choice(about)
         question = _fill(rng.choice(INSTRUCT_TEMPLATES[lang][kind]), c, lang, rng)

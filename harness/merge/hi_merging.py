@@ -204,7 +204,7 @@ class HiMerging:
             return 1.0
         if self._reference is None:
             self._reference = self.reference()
-        return 1.0 / self._reference.span(model)
+        return self._reference.unit(model)
 
     def total(self, scores: dict[str, float]) -> float:
         """Scores of one candidate, one per model's task, summed on the combine scale."""

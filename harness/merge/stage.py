@@ -60,7 +60,8 @@ def scorer_setup(ctx: Context, base_path: Path, models: dict[str, Path]):
         resolve_backend(spec.backend), str(base_path), {n: str(p) for n, p in models.items()},
         {n: (str(path), kind) for n, (path, kind) in _dev_sets(ctx).items()},
         spec.limit, recipe.base.dtype, recipe.eval.apply_chat_template, spec.batch_size,
-        recipe.eval.max_model_len, recipe.eval.tensor_parallel_size, recipe.base.system_prompt)
+        recipe.eval.max_model_len, recipe.eval.tensor_parallel_size, recipe.base.system_prompt,
+        spec.mode, recipe.eval.max_gen_toks or 256)
 
 
 def dev_items(setup) -> dict[str, int]:
@@ -98,8 +99,10 @@ def dev_reference(ctx: Context, unit: Unit, scorer, engine, setup):
                                   {t: engine.models[own[t]] for t in setup.dev})
         for task in reference.weak():
             log.warning("merge: the %s specialist does not beat the base on dev (%.4f vs "
-                        "%.4f): its normalised gains are measured against |specialist - base|",
-                        task, reference.specialist[task], reference.base[task])
+                        "%.4f): %s", task, reference.specialist[task], reference.base[task],
+                        "no gain to keep, it is left out of the mean gain"
+                        if task in reference.flat()
+                        else "its gains are measured against |specialist - base|")
         _REFERENCES[key] = reference
     return _REFERENCES[key]
 

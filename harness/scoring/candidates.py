@@ -16,9 +16,11 @@ class CandidateScorer:
     def __init__(self, backend: str, base: str | Path, dev: dict[str, tuple[list[dict], str]],
                  dtype: str, apply_chat_template: bool, batch_size: int = 32,
                  max_model_len: int = 2048, tensor_parallel_size: int = 1,
-                 system_prompt: str | None = None):
+                 system_prompt: str | None = None, mode: str = "loglikelihood",
+                 max_gen_toks: int = 256):
         self.backend = backend
         self.dev = dev
+        self.mode, self.max_gen_toks = mode, max_gen_toks
         self.forward_seconds = 0.0
         self.calls = 0
         if backend == "vllm":
@@ -35,7 +37,11 @@ class CandidateScorer:
         records, kind = self.dev[task]
         self.engine.load(tensors)
         start = time.perf_counter()
-        if self.backend == "vllm":
+        if kind == "qa" and self.mode == "generate":
+            value = (self.engine.qa_rouge(records, self.max_gen_toks) if self.backend == "vllm"
+                     else self.hf.qa_rouge(self.engine.model, records, self.max_gen_toks,
+                                           on_batch=self.engine.set_batch))
+        elif self.backend == "vllm":
             value = (self.engine.mcqa_accuracy if kind == "mcqa" else self.engine.qa_loglik)(records)
         else:
             fn = self.hf.mcqa_accuracy if kind == "mcqa" else self.hf.qa_loglik

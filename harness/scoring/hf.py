@@ -3,7 +3,7 @@
 MCQA: accuracy of the option whose choice (letter, or text for cloze records) has the highest
 log-likelihood after the prompt, with the tasks' prompt and chat template (requests.py), so it
 ranks models as the leaderboard would. QA: mean per-token log-likelihood of the reference
-answer. Deterministic, batched.
+answer, or (`generate` mode) the ROUGE-L of its greedy answer. Deterministic, batched.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from harness.data.records import read_jsonl
-from harness.scoring.requests import Pair, Requests, accuracy, mean_token_loglik
+from harness.scoring.requests import (Pair, Requests, accuracy, mean_rouge,
+                                      mean_token_loglik)
 
 
 class HFScorer:
@@ -66,6 +67,33 @@ class HFScorer:
     def qa_loglik(self, model, records: list[dict[str, Any]], on_batch=None) -> float:
         pairs = self.requests.qa(records)
         return mean_token_loglik(pairs, self.logliks(model, pairs, on_batch))
+
+    @torch.no_grad()
+    def generations(self, model, contexts: list[list[int]], max_new_tokens: int) -> list[str]:
+        """Greedy answers, batched with left padding, stopped at the QA tasks' stop tokens."""
+        out = []
+        device = next(model.parameters()).device
+        stop = self.requests.stop_ids()
+        for start in range(0, len(contexts), self.batch_size):
+            chunk = contexts[start:start + self.batch_size]
+            width = max(map(len, chunk))
+            ids = torch.full((len(chunk), width), self.tok.pad_token_id)
+            mask = torch.zeros_like(ids)
+            for i, c in enumerate(chunk):
+                ids[i, width - len(c):] = torch.tensor(c)
+                mask[i, width - len(c):] = 1
+            new = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=stop, pad_token_id=self.tok.pad_token_id)
+            out += self.tok.batch_decode(new[:, width:], skip_special_tokens=True)
+        return out
+
+    def qa_rouge(self, model, records: list[dict[str, Any]], max_new_tokens: int,
+                 on_batch=None) -> float:
+        if on_batch:
+            on_batch(None)  # layer reuse keys on a fixed batch; a generation grows every step
+        texts = self.generations(model, self.requests.qa_contexts(records), max_new_tokens)
+        return mean_rouge(records, texts)
 
     def score(self, model, dev_file: Path, task_type: str) -> float:
         records = self.records(dev_file)

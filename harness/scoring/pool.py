@@ -35,6 +35,8 @@ class ScorerSetup:
     max_model_len: int
     tensor_parallel_size: int
     system_prompt: str | None = None
+    mode: str = "loglikelihood"        # QA dev score: reference log-likelihood or ROUGE-L
+    max_gen_toks: int = 256
 
     def scorer(self):
         """The resident scorer (its engine holds the base until candidates are pushed in)."""
@@ -45,7 +47,8 @@ class ScorerSetup:
                for t, (p, k) in self.dev.items()}
         return CandidateScorer(self.backend, self.base, dev, self.dtype,
                                self.apply_chat_template, self.batch_size, self.max_model_len,
-                               self.tensor_parallel_size, self.system_prompt)
+                               self.tensor_parallel_size, self.system_prompt, self.mode,
+                               self.max_gen_toks)
 
 
 def _key(value: dict) -> str:

@@ -6,7 +6,8 @@ lm-eval's `--apply_chat_template --system_instruction`, and as LLaMA-Factory tra
 with the template on, lm-eval joins context and continuation with no delimiter, so neither do
 we. MCQA: one (context, choice) pair per option, a choice being the option's letter or, for
 cloze records, its text; the option with the highest summed log-likelihood is the answer.
-QA: the reference answer as the continuation.
+QA: the reference answer as the continuation (`loglikelihood` mode), or the prompt alone, the
+answer generated greedily up to the QA tasks' stop tokens and scored by ROUGE-L (`generate`).
 """
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.data.prompts import mcqa_choices, mcqa_prompt, qa_prompt
+from harness.data.rouge import rouge_l
+
+STOP = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>")  # the QA tasks' `until` (tasks/)
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,18 @@ class Requests:
         return [Pair(i, self.context(qa_prompt(r)), self.encode(r["answer"]))
                 for i, r in enumerate(records)]
 
+    def qa_contexts(self, records: list[dict[str, Any]]) -> list[list[int]]:
+        return [self.context(qa_prompt(r)) for r in records]
+
+    def stop_ids(self) -> list[int]:
+        """Token ids that end a generated answer: the tasks' stop strings this vocabulary has,
+        and its eos."""
+        vocab = self.tok.get_vocab()
+        ids = {vocab[t] for t in STOP if t in vocab}
+        if self.tok.eos_token_id is not None:
+            ids.add(self.tok.eos_token_id)
+        return sorted(ids)
+
 
 def accuracy(records: list[dict[str, Any]], pairs: list[Pair], logliks: list[float]) -> float:
     """Share of records whose correct option has the highest log-likelihood (first on ties,
@@ -75,3 +91,10 @@ def accuracy(records: list[dict[str, Any]], pairs: list[Pair], logliks: list[flo
 
 def mean_token_loglik(pairs: list[Pair], logliks: list[float]) -> float:
     return sum(logliks) / max(1, sum(len(p.continuation) for p in pairs))
+
+
+def mean_rouge(records: list[dict[str, Any]], predictions: list[str]) -> float:
+    """Mean ROUGE-L of the generated answers, on 0-1 (an accuracy's scale, for `combine: raw`)."""
+    scores = [rouge_l(r["answer"], p.strip(), r.get("language", "en"))
+              for r, p in zip(records, predictions)]
+    return sum(scores) / max(1, len(scores)) / 100.0

@@ -4,7 +4,8 @@ Only the tensors that differ from what the engine holds move: they are written t
 safetensors file and the workers reload them (`reload_weights`, see harness/engine.py); a
 candidate that differs in one layer moves that layer. Both task kinds are scored from prompt
 log-probabilities of the sequences in requests.py: MCQA by the option whose choice (letter or
-cloze text) is most likely, QA by the mean log-likelihood of the reference answer.
+cloze text) is most likely, QA by the mean log-likelihood of the reference answer (or, in
+`generate` mode, by the ROUGE-L of the engine's greedy answer).
 
 Prompt log-probs switch vLLM's prefix cache off by default, so every cloze option would re-read
 its whole question. The scorer turns the cache back on (`skip_reading_prefix_cache=False`): the
@@ -23,7 +24,8 @@ from typing import Any
 import torch
 
 from harness.engine import _reload_from_files, cpu_engine_kwargs, on_gpu
-from harness.scoring.requests import Pair, Requests, accuracy, mean_token_loglik
+from harness.scoring.requests import (Pair, Requests, accuracy, mean_rouge,
+                                      mean_token_loglik)
 
 
 class VLLMScorer:
@@ -126,6 +128,21 @@ class VLLMScorer:
     def qa_loglik(self, records: list[dict[str, Any]]) -> float:
         pairs = self.requests.qa(records)
         return mean_token_loglik(pairs, self.logliks(pairs))
+
+    def generations(self, contexts: list[list[int]], max_new_tokens: int) -> list[str]:
+        """Greedy answers, stopped at the QA tasks' stop tokens."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=max_new_tokens, temperature=0,
+                                stop_token_ids=self.requests.stop_ids())
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=c) for c in contexts],
+                                    params, use_tqdm=False)
+        return [o.outputs[0].text for o in outputs]
+
+    def qa_rouge(self, records: list[dict[str, Any]], max_new_tokens: int) -> float:
+        texts = self.generations(self.requests.qa_contexts(records), max_new_tokens)
+        return mean_rouge(records, texts)
 
     def close(self) -> None:
         try:
