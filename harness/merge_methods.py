@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 
 @dataclass(frozen=True)
 class Param:
@@ -71,23 +73,70 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("hi_merging", "ties", {}, "Hierarchical Iterative Merging (options, not a grid)"),
 ]}
 
-# Hi-Merging's choices where the paper is silent (../shared/docs/HI_MERGING.md), with defaults.
-HI_MERGING_OPTIONS: dict[str, Any] = {
-    "prune_grid": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
-    "scale_grid": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
-    "search": "coarse_to_fine",
-    "halving_factor": 0.5,
-    "greedy_acceptance": True,
-    "recompute_every": 4,
-    "epsilon": 0.0,
-    "max_iterations": None,  # None = half the layer count
-    "non_layer_tensors": "model_wise",
-    # how tasks are summed (acceptance, Γ, the severe case's keeper): "normalised_gain" puts
-    # each task on one scale, (S - base) / |specialist - base| on dev (harness/merge/gains.py);
-    # "raw" adds the raw dev scores, as ../shared/docs/HI_MERGING.md first read the paper
-    "combine": "normalised_gain",
-}
+# ---------------------------------------------------------------- Hi-Merging's options
+# Every choice the paper leaves open (../shared/docs/HI_MERGING.md) is a typed option here, in
+# one place: the recipe validates `options:` against this model (an unknown value is refused,
+# naming the valid ones) and the search (harness/merge/hi_merging.py) reads it. The defaults are
+# the variant the ablation's DEV columns chose (README, Hi-Merging; leaderboard/*/ablations.md).
+class HiMergingOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # which steps run: the paper's ablation (model-wise pruning/scaling only; layer-wise
+    # conflict resolution only, every model at p = s = 1; both)
+    stages: Literal["full", "model_wise_only", "layer_wise_only"] = "full"
+    prune_grid: list[float] = Field(default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+                                    min_length=1)
+    scale_grid: list[float] = Field(default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+                                    min_length=1)
+    search: Literal["coarse_to_fine", "grid"] = "coarse_to_fine"
+    # step 1's objective for each model's (p, s): its own task with the model alone; all tasks
+    # with the other models merged in at their current points (coordinate-wise); or, alone,
+    # the sparsest point within one dev standard error of the best
+    step1: Literal["alone", "merged", "sparsest"] = "alone"
+    # the partial case (some γ > 0): shrink the models whose contribution fell in the merge
+    # (γ > 0), or the ones that gained (γ <= 0, they took the others' contribution)
+    partial: Literal["shrink_fell", "shrink_gained"] = "shrink_fell"
+    halving_factor: float = Field(0.5, gt=0, lt=1)
+    # the severe case (every γ > 0): keep the model with the largest specialist-context
+    # contribution c, or score each keep-one option and keep the best
+    severe: Literal["contribution", "score_each"] = "contribution"
+    # accepting a change: the sum of raw dev scores must not fall; the mean normalised gain
+    # must not fall; the mean gain must not fall and no task's gain may end below its gain at
+    # the start of resolution minus `acceptance_margin`; or always
+    acceptance: Literal["sum", "mean_gain", "no_task_below", "always"] = "mean_gain"
+    acceptance_margin: float = Field(0.05, ge=0)  # in normalised gain (1 = a specialist's gain)
+    # resolve a layer only while its Γ > epsilon + epsilon_se x (Γ's standard error on dev)
+    epsilon: float = Field(0.0, ge=0)
+    epsilon_se: float = Field(0.0, ge=0)
+    # recompute γ after this many accepted changes (1: after every one)
+    recompute_every: int = Field(4, gt=0)
+    # passes over the layers: each visits every layer above the threshold once; null = repeat
+    # until a pass changes nothing (at most 10)
+    passes: Optional[int] = Field(1, gt=0)
+    max_iterations: Optional[int] = Field(None, gt=0)  # per pass; null = half the layer count
+    # β of layer l: on the base alone, or on the base with the non-layer tensors (embeddings,
+    # final norm, lm_head) of the same context, without which a layer's delta may read shifted
+    # embeddings
+    beta: Literal["layer_only", "with_non_layer"] = "layer_only"
+    non_layer_tensors: Literal["model_wise"] = "model_wise"
+    # how tasks are summed in Γ and the severe case: per unit of each specialist's dev gain
+    # (harness/merge/gains.py) or raw dev scores
+    combine: Literal["normalised_gain", "raw"] = "normalised_gain"
+
+    @field_validator("prune_grid", "scale_grid")
+    @classmethod
+    def _fractions(cls, values: list[float]) -> list[float]:
+        if len(set(values)) != len(values):
+            raise ValueError("a value is listed twice; list each value once")
+        for v in values:
+            if not 0 < v <= 1:
+                raise ValueError(f"{v!r} is outside (0, 1]; give fractions such as 0.5")
+        return values
 
 
-def hi_merging_option_names() -> list[str]:
-    return list(HI_MERGING_OPTIONS)
+# A search method takes `options` (a typed model), not a grid; its unit is one search.
+SEARCH_OPTIONS: dict[str, type[BaseModel]] = {"hi_merging": HiMergingOptions}
+
+
+def option_names(method: str) -> list[str]:
+    return list(SEARCH_OPTIONS[method].model_fields)

@@ -8,7 +8,7 @@ its evaluation's key, and editing the merge code re-keys every merge.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from harness.data import readers
 from harness.errors import HarnessError
 from harness.evaluation.tasks import data_key, resolve_backend, task_data, tasks_hash
 from harness.models import base_reference
+from harness.merge_methods import SEARCH_OPTIONS
 from harness.recipe import MergeSpec, Recipe
 from harness.store import content_key
 from harness.stagedefs import ORDER, code_hash
@@ -35,6 +36,9 @@ class Unit:
     key: str
     inputs: dict[str, Any] = field(compare=False, repr=False)
     versions: dict[str, str] = field(compare=False, repr=False)
+    # a merge's leaderboard row (the recipe entry's name): not keyed, so renaming a variant
+    # rebuilds nothing
+    label: str = field(default="", compare=False, repr=False)
 
     @property
     def id(self) -> str:
@@ -141,13 +145,19 @@ def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
         for spec in recipe.merges:
             common = {"method": spec.method, "base": base, "models": specialist_keys,
                       "seed": seed, **scoring}
-            if spec.method == "hi_merging":
-                point, label = {"options": spec.options}, "search"
+            if spec.is_search:  # one search; every option keyed, defaults included, so a
+                # changed default re-keys the searches that use it (harness/merge_methods.py)
+                options = SEARCH_OPTIONS[spec.method].model_validate(spec.options)
+                point, label = {"options": options.model_dump()}, "search"
             else:  # the whole grid in one unit: scored in memory, only the best point written
                 points = grid_points(spec)
                 point, label = {"grid": points}, f"grid of {len(points)}"
-            unit = _unit("merge", f"{spec.method} [{label}] seed={seed}", {**common, **point},
-                         requirements)
+            unit = replace(_unit("merge", f"{spec.label} [{label}] seed={seed}",
+                                 {**common, **point}, requirements), label=spec.label)
+            same = next((u for u in plan["merge"] if u.key == unit.key), None)
+            if same is not None:
+                raise HarnessError(f"merges: {spec.label} and {same.label} are the same merge "
+                                   "(method, grid/options); drop one")
             plan["merge"].append(unit)
             models.append((unit.name, "merge", unit.key))
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness.errors import HarnessError
 from harness.hub import HUB_ID
-from harness.merge_methods import HI_MERGING_OPTIONS, METHODS, hi_merging_option_names
+from harness.merge_methods import METHODS, SEARCH_OPTIONS, option_names
 
 RECIPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -196,11 +196,29 @@ GridValue = Union[float, int, bool, str]
 
 
 class MergeSpec(Strict):
-    """One merge method with a hyperparameter grid (each list is one grid axis)."""
+    """One merge method: a baseline with a hyperparameter grid (each list is one grid axis), or a
+    search method (Hi-Merging) with typed `options`. `name` is the leaderboard row (default: the
+    method), so several variants of one method are entries of their own."""
     method: str
+    name: Optional[str] = None
     grid: dict[str, list[GridValue]] = Field(default_factory=dict)
     params: dict[str, GridValue] = Field(default_factory=dict)
-    options: dict[str, Any] = Field(default_factory=dict)  # hi_merging only
+    options: dict[str, Any] = Field(default_factory=dict)  # search methods only
+
+    @property
+    def label(self) -> str:
+        return self.name or self.method
+
+    @property
+    def is_search(self) -> bool:
+        return self.method in SEARCH_OPTIONS
+
+    @field_validator("name")
+    @classmethod
+    def _row_name(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not RECIPE_NAME.match(v):
+            raise ValueError(f"merge name {v!r} must be letters, digits, '_', '-', '.'")
+        return v
 
     @model_validator(mode="after")
     def _known(self) -> "MergeSpec":
@@ -219,13 +237,17 @@ class MergeSpec(Strict):
                 _in_range(f"grid.{key}", self.method, key, allowed[key], value)
         for key, value in self.params.items():
             _in_range(f"params.{key}", self.method, key, allowed[key], value)
-        if self.options and self.method != "hi_merging":
-            raise ValueError("`options` is only for method hi_merging; use grid/params")
+        if not self.is_search:
+            if self.options:
+                raise ValueError(f"`options` is only for the search methods "
+                                 f"({', '.join(SEARCH_OPTIONS)}); use grid/params")
+            return self
         for key in self.options:
-            if key not in hi_merging_option_names():
-                raise ValueError("options: " + _unknown("hi_merging option", key, hi_merging_option_names()))
+            if key not in option_names(self.method):
+                raise ValueError("options: " + _unknown(f"{self.method} option", key,
+                                                        option_names(self.method)))
         try:
-            HiMergingOptions.model_validate(self.options)
+            SEARCH_OPTIONS[self.method].model_validate(self.options)
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
@@ -253,30 +275,6 @@ def _in_range(where: str, method: str, name: str, param, value) -> None:
         low = "-inf" if param.low is None else f"{param.low:g}"
         high = "inf" if param.high is None else f"{param.high:g}"
         raise ValueError(f"{where}: {method} {name} must be within [{low}, {high}], got {value!r}")
-
-
-class HiMergingOptions(Strict):
-    """Hi-Merging's choices where the paper is silent, typed: an unknown value is refused with
-    the valid ones (defaults in harness/merge_methods.py)."""
-    prune_grid: list[float] = Field(HI_MERGING_OPTIONS["prune_grid"], min_length=1)
-    scale_grid: list[float] = Field(HI_MERGING_OPTIONS["scale_grid"], min_length=1)
-    search: Literal["coarse_to_fine", "grid"] = HI_MERGING_OPTIONS["search"]
-    halving_factor: float = Field(HI_MERGING_OPTIONS["halving_factor"], gt=0, lt=1)
-    greedy_acceptance: bool = HI_MERGING_OPTIONS["greedy_acceptance"]
-    recompute_every: int = Field(HI_MERGING_OPTIONS["recompute_every"], gt=0)
-    epsilon: float = Field(HI_MERGING_OPTIONS["epsilon"], ge=0)
-    max_iterations: Optional[int] = Field(HI_MERGING_OPTIONS["max_iterations"], gt=0)
-    non_layer_tensors: Literal["model_wise"] = HI_MERGING_OPTIONS["non_layer_tensors"]
-    combine: Literal["normalised_gain", "raw"] = HI_MERGING_OPTIONS["combine"]
-
-    @field_validator("prune_grid", "scale_grid")
-    @classmethod
-    def _fractions(cls, values: list[float]) -> list[float]:
-        _no_duplicates("grid", values)
-        for v in values:
-            if not 0 < v <= 1:
-                raise ValueError(f"{v!r} is outside (0, 1]; give fractions such as 0.5")
-        return values
 
 
 class EvalSpec(Strict):
@@ -389,6 +387,11 @@ class Recipe(Strict):
                     f"and task_type: {ds.task_type} (or pick another dataset)")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be unique, got {self.seeds}")
+        labels = [m.label for m in self.merges]
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        if twice:
+            raise ValueError(f"merges: {', '.join(twice)} is listed twice; give each entry of "
+                             "the same method its own `name:` (the leaderboard row)")
         return self
 
 

@@ -77,6 +77,12 @@ def read_board(ctx: Context) -> dict[str, dict[str, str]]:
         return {r["model"]: r for r in csv.DictReader(fh)}
 
 
+def best_specialist(rows: dict[str, dict[str, str]]) -> str:
+    """The specialist the leaderboard's reference row repeats: the best average."""
+    return max((r for r in rows.values() if r["kind"] == "specialist"),
+               key=lambda r: float(r["avg"]))["model"]
+
+
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     return run_all(tmp_path_factory.mktemp("local"), reduced_recipe())
@@ -91,7 +97,13 @@ def test_reduced_tiny_recipe_end_to_end(local_run):
 
     folder = project / "leaderboard" / recipe.name
     rows = read_board(ctx)
-    assert set(rows) == {"base", "en_mcqa", "zh_mcqa", "linear", "ties", "hi_merging"}
+    assert set(rows) == {"base", "en_mcqa", "zh_mcqa", "linear", "ties", "hi_merging",
+                         f"best single specialist ({best_specialist(rows)})"}
+    # the paired comparisons with the best baseline, from the evals' samples.jsonl
+    paired = list(csv.DictReader(open(folder / "paired.csv", newline="")))
+    assert {p["model"] for p in paired} == {"hi_merging", "linear", "ties"} - {paired[0]["against"]}
+    assert {p["task"] for p in paired} == {"synth_mcqa_en", "synth_mcqa_zh"}
+    assert all(float(p["ci_low"]) <= float(p["diff"]) <= float(p["ci_high"]) for p in paired)
     # each single-seed cell is its eval's accuracy, read back from that eval's results.json
     board = json.loads((folder / "leaderboard.json").read_text())
     for row in board["rows"]:
@@ -199,7 +211,7 @@ def test_reduced_four_task_run_generates_and_scores_qa(tmp_path):
     ctx = run_all(tmp_path, four_task_recipe())
     rows = read_board(ctx)
     assert set(rows) == {"base", "en_mcqa", "zh_mcqa", "en_qa", "zh_qa", "multitask", "linear",
-                         "hi_merging"}
+                         "hi_merging", f"best single specialist ({best_specialist(rows)})"}
     board = json.loads((ctx.project / "leaderboard" / ctx.recipe.name / "leaderboard.json")
                        .read_text())
     for row in board["rows"]:

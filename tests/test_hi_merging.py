@@ -50,11 +50,11 @@ def score_fn(engine: InMemoryMerger, trained: dict[str, list[int]]):
     return score
 
 
-def method(root: Path, third: bool = False) -> HiMerging:
+def method(root: Path, third: bool = False, **options) -> HiMerging:
     base, models, trained = planted(root, third)
     engine = InMemoryMerger(base, models)
     return HiMerging(Candidates(engine), score_fn(engine, trained), {m: m for m in models},
-                     Options(prune_grid=[0.5, 1.0], scale_grid=[0.5, 1.0]))
+                     Options(**{"prune_grid": [0.5, 1.0], "scale_grid": [0.5, 1.0], **options}))
 
 
 def test_conflict_layer_is_found_and_resolved(tmp_path):
@@ -188,3 +188,148 @@ def test_an_unknown_combine_is_rejected_naming_the_valid_values():
 
     with pytest.raises(ValueError, match="normalised_gain"):
         MergeSpec.model_validate({"method": "hi_merging", "options": {"combine": "sum"}})
+
+
+# ---------------------------------------------------------------- the open choices, as options
+@pytest.mark.parametrize("reading,shrunk,kept", [("shrink_fell", "a", "b"),
+                                                 ("shrink_gained", "b", "a")])
+def test_partial_case_shrinks_the_model_the_option_names(tmp_path, reading, shrunk, kept):
+    """Layer 1 is planted so that b takes a's contribution: b's delta points against a's, and
+    b's own task does not read layer 1 (γ_a > 0, γ_b = 0). `shrink_fell` shrinks a (whose
+    contribution fell), `shrink_gained` shrinks b (which took it); acceptance off, so the
+    proposal itself is the final layer."""
+    result = method(tmp_path, partial=reading, acceptance="always").run()
+    first = result["decisions"][0]
+    assert first["layer"] == 1 and first["case"] == "partial"
+    assert first["gamma"]["a"] > 0 and first["gamma"]["b"] <= 0
+    assert first["action"] == f"re-prune and re-scale {shrunk}"
+    initial, final = result["initial"][1], result["final"][1]
+    assert final[shrunk] == (initial[shrunk][0] * 0.5, initial[shrunk][1] * 0.5)
+    assert final[kept] == initial[kept]
+
+
+def test_shrinking_the_model_that_took_the_contribution_restores_the_task(tmp_path):
+    """On the planted conflict, halving b's layer 1 gives task a back more than halving a's."""
+    (tmp_path / "fell").mkdir()
+    (tmp_path / "gained").mkdir()
+    fell = method(tmp_path / "fell", partial="shrink_fell", acceptance="always").run()
+    gained = method(tmp_path / "gained", partial="shrink_gained", acceptance="always").run()
+    assert gained["decisions"][0]["dev_after"]["a"] > fell["decisions"][0]["dev_after"]["a"]
+
+
+@pytest.mark.parametrize("key,value,valid", [
+    ("partial", "shrink_fel", "'shrink_fell' or 'shrink_gained'"),
+    ("step1", "together", "'alone', 'merged' or 'sparsest'"),
+    ("acceptance", "mean", "'sum', 'mean_gain', 'no_task_below' or 'always'"),
+    ("severe", "score", "'contribution' or 'score_each'"),
+    ("beta", "all", "'layer_only' or 'with_non_layer'"),
+    ("stages", "full_only", "'full', 'model_wise_only' or 'layer_wise_only'")])
+def test_an_option_typo_is_rejected_naming_the_valid_values(key, value, valid):
+    from harness.recipe import MergeSpec
+
+    with pytest.raises(ValueError) as err:
+        MergeSpec.model_validate({"method": "hi_merging", "options": {key: value}})
+    assert f"options.{key}" in str(err.value) and valid in str(err.value)
+
+
+def test_the_paper_ablations_skip_their_step(tmp_path):
+    (tmp_path / "mw").mkdir()
+    (tmp_path / "lw").mkdir()
+    model_wise = method(tmp_path / "mw", stages="model_wise_only").run()
+    assert model_wise["decisions"] == [] and model_wise["contributions"] is None
+    assert model_wise["final"] == model_wise["initial"]
+    layer_wise = method(tmp_path / "lw", stages="layer_wise_only", prune_grid=[0.5],
+                        scale_grid=[0.5]).run()  # step 1 would have to pick (0.5, 0.5)
+    assert layer_wise["model_wise"] == {"a": (1.0, 1.0), "b": (1.0, 1.0)}
+    assert layer_wise["decisions"]
+
+
+def squeezed(hm: HiMerging) -> HiMerging:
+    """Scores put inside (0, 1) as accuracies are (0.5-0.6), so they have a standard error."""
+    plain = hm.score_tensors
+    hm.score_tensors = lambda t, task: 0.5 + 0.1 * plain(t, task)
+    return hm
+
+
+@pytest.mark.parametrize("items,sparsest", [(10 ** 9, False), (1, True)])
+def test_sparsest_takes_the_sparsest_point_within_one_standard_error(tmp_path, items, sparsest):
+    hm = squeezed(method(tmp_path, step1="sparsest"))
+    hm.items = {"a": items, "b": items}
+    parts = hm.run()["model_wise"]
+    # with a billion dev items the error is nil: the best point (the whole specialist);
+    # with one item any score is within one error of the best: the sparsest point
+    assert parts == ({"a": (0.5, 0.5), "b": (0.5, 0.5)} if sparsest
+                     else {"a": (1.0, 1.0), "b": (1.0, 1.0)})
+
+
+def test_epsilon_in_standard_errors_leaves_noise_level_conflicts_alone(tmp_path):
+    (tmp_path / "noisy").mkdir()
+    (tmp_path / "exact").mkdir()
+    noisy = squeezed(method(tmp_path / "noisy", epsilon_se=2.0))
+    noisy.items = {"a": 2, "b": 2}  # two dev items: every Γ is within two errors of 0
+    exact = squeezed(method(tmp_path / "exact", epsilon_se=2.0))
+    exact.items = {"a": 10 ** 9, "b": 10 ** 9}
+    assert noisy.run()["decisions"] == []
+    assert exact.run()["decisions"][0]["layer"] == 1
+
+
+def test_passes_until_stable_and_recompute_after_every_change(tmp_path):
+    """With recompute_every 1 and passes until nothing changes, the search keeps resolving the
+    planted conflict in later passes on fresh γ, and stops by itself."""
+    (tmp_path / "one").mkdir()
+    (tmp_path / "many").mkdir()
+    once = method(tmp_path / "one", acceptance="always").run()
+    many = method(tmp_path / "many", acceptance="always", recompute_every=1, passes=None).run()
+    assert {d["pass"] for d in once["decisions"]} == {1}
+    assert max(d["pass"] for d in many["decisions"]) > 1
+    assert len(many["decisions"]) > len(once["decisions"])
+
+
+def test_no_task_below_refuses_a_change_that_trades_one_task_away(tmp_path):
+    hm = method(tmp_path, acceptance="no_task_below", acceptance_margin=0.05)
+    start = {"a": 0.8, "b": 0.8}
+    hm._reference = __import__("harness.merge.gains", fromlist=["Reference"]).Reference(
+        {"a": 0.0, "b": 0.0}, {"a": 1.0, "b": 1.0})
+    assert hm.accepts(start, {"a": 0.76, "b": 0.9}, start)      # a within the margin
+    assert not hm.accepts(start, {"a": 0.7, "b": 1.0}, start)   # a traded for b
+    hm.options = Options(prune_grid=[1.0], scale_grid=[1.0], acceptance="mean_gain")
+    assert hm.accepts(start, {"a": 0.7, "b": 1.0}, start)       # the mean alone allows it
+    hm.options = Options(prune_grid=[1.0], scale_grid=[1.0], acceptance="sum")
+    assert not hm.accepts(start, {"a": 0.7, "b": 0.85}, start)
+
+
+def severe_planted(root: Path):
+    """Layer 0 where each model's delta wins half the signs (both lose half: γ > 0 for both);
+    task a also reads layer 1, which only a trained."""
+    half = torch.cat([torch.ones(8), torch.zeros(8)])
+    a0 = 2 * half + (1 - half)
+    b0 = -(half + 2 * (1 - half))
+    models = {"a": folder(root, "a", {0: a0, 1: torch.ones(16)}), "b": folder(root, "b", {0: b0})}
+    return folder(root, "base", {}), models, {"a": [0, 1], "b": [0]}
+
+
+def test_severe_case_by_scoring_each_keep_one_option(tmp_path):
+    base, models, trained = severe_planted(tmp_path)
+    engine = InMemoryMerger(base, models)
+    hm = HiMerging(Candidates(engine), score_fn(engine, trained), {"a": "a", "b": "b"},
+                   Options(prune_grid=[1.0], scale_grid=[1.0], severe="score_each",
+                           acceptance="always"))
+    result = hm.run()
+    first = result["decisions"][0]
+    assert first["layer"] == 0 and first["case"] == "severe"
+    merged = result["initial"]
+    totals = {m: hm.total(hm.scores({**merged, 0: {m: merged[0][m]}})) for m in ("a", "b")}
+    keep = max(totals, key=totals.get)
+    assert totals["a"] != totals["b"] and first["action"] == f"keep only {keep}"
+    assert set(result["final"][0]) == {keep}
+
+
+def test_beta_with_the_non_layer_tensors_scores_each_layer_on_them(tmp_path):
+    hm = method(tmp_path, beta="with_non_layer")
+    parts = {"a": (1.0, 1.0), "b": (1.0, 1.0)}
+    merged = {g: dict(parts) for g in hm.groups}
+    whole, without, alone, ref = hm._terms(parts, merged, "merged", 1, "a")
+    assert set(alone) == {1, "rest"} and set(ref) == {"rest"}
+    plain = method(tmp_path / "x" if (tmp_path / "x").mkdir() is None else tmp_path)
+    _, _, alone, ref = plain._terms(parts, merged, "merged", 1, "a")
+    assert set(alone) == {1} and ref == {}

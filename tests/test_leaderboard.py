@@ -20,6 +20,7 @@ from harness.store import Store
 from conftest import PROJECT
 
 TASKS = {"synth_mcqa_en": ("synthetic_mcqa_en", 4), "synth_mcqa_zh": ("synthetic_mcqa_zh", 5)}
+ITEMS = 60  # planted test items per task
 
 
 def recipe_data(seeds) -> dict:
@@ -58,11 +59,17 @@ def plant(ctx: Context, rng: random.Random, skip: set[str] = frozenset()) -> dic
     for unit in ctx.plan["eval"]:
         if unit.key in skip:
             continue
-        results = {t: {"acc,none": rng.random(), "acc_stderr,none": rng.random() / 50,
+        # per-item results (samples.jsonl), and the task's accuracy their mean, as lm-eval's
+        p = {t: rng.random() for t in TASKS}
+        items = {t: [float(rng.random() < p[t]) for _ in range(ITEMS)] for t in TASKS}
+        results = {t: {"acc,none": sum(items[t]) / ITEMS, "acc_stderr,none": rng.random() / 50,
                        "alias": t} for t in TASKS}
         meta = {"n_options": {d: k for d, k in TASKS.values()}, "backend": "hf"}
         with ctx.store.build("eval", unit.key, unit.inputs, unit.versions) as tmp:
             (tmp / "results.json").write_text(json.dumps({"harness": meta, "results": results}))
+            (tmp / "samples.jsonl").write_text("".join(
+                json.dumps({"task": t, "doc_id": i, "acc": v}) + "\n"
+                for t in TASKS for i, v in enumerate(items[t])))
         planted[unit.key] = results
     return planted
 
@@ -92,7 +99,8 @@ def test_table_numbers_are_the_eval_numbers(board):
     rows = {r["model"]: r for r in read_csv(folder / "leaderboard.csv")}
     names = {"base", "en_mcqa", "zh_mcqa", "linear", "task_arithmetic", "ties", "dare_ties",
              "dare_linear", "breadcrumbs", "della", "hi_merging", "paper (reported)"}
-    assert set(rows) == names
+    reference = {n for n in rows if n.startswith("best single specialist (")}
+    assert set(rows) - reference == names and len(reference) == 1
     # recompute every measured cell from the planted results.json files
     producers = {u.key: u for s in ("specialists", "merge") for u in ctx.plan[s]}
     expected: dict[str, list[dict]] = {}
@@ -125,7 +133,7 @@ def test_table_numbers_are_the_eval_numbers(board):
         assert num(row["expert_normalised"]) == pytest.approx(
             sum(100 * num(row[t]) / best[t] for t in TASKS) / len(TASKS))
     # average rank over the measured rows, the reported row unranked
-    measured = [n for n in rows if n != "paper (reported)"]
+    measured = [n for n in rows if n != "paper (reported)" and n not in reference]
     for name in measured:
         ranks = [1 + sum(num(rows[o][t]) > num(rows[name][t]) for o in measured) for t in TASKS]
         assert num(rows[name]["avg_rank"]) == pytest.approx(sum(ranks) / len(ranks))
@@ -261,3 +269,74 @@ def test_a_run_with_fewer_seeds_never_replaces_the_published_table(board, tmp_pa
     run_stage(two, "leaderboard")
     assert json.loads((folder / "leaderboard.json").read_text())["leaderboard_key"] == \
         ctx.plan["leaderboard"][0].key
+
+
+def items_of(ctx, row: str) -> dict:
+    """seed -> task -> [0/1 per item], read straight from the planted samples.jsonl."""
+    from harness.leaderboard.collect import collect
+
+    out = {}
+    for m in collect(ctx):
+        if m.row == row:
+            lines = (ctx.store.path("eval", m.eval_unit.key) / "samples.jsonl").read_text()
+            for line in lines.splitlines():
+                rec = json.loads(line)
+                out.setdefault(m.seed, {}).setdefault(rec["task"], {})[rec["doc_id"]] = rec["acc"]
+    return out
+
+
+def test_paired_intervals_and_mcnemar_are_recomputed_from_samples(board):
+    """paired.csv: each merge against the best baseline; recomputed here from samples.jsonl
+    with a plain loop: the mean difference, the bootstrap interval (same draws), McNemar's p."""
+    import numpy as np
+
+    ctx, _, folder = board
+    rows = {r["model"]: r for r in read_csv(folder / "leaderboard.csv")}
+    grids = ["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",
+             "della"]
+    best = max(grids, key=lambda g: float(rows[g]["avg"]))
+    paired = read_csv(folder / "paired.csv")
+    assert paired and {p["against"] for p in paired} == {best}
+    assert {p["model"] for p in paired} == (set(grids) | {"hi_merging"}) - {best}
+    for p in paired:
+        a, b = items_of(ctx, p["model"]), items_of(ctx, best)
+        seeds = sorted(a)
+        diff = np.array([[100 * (a[s][p["task"]][i] - b[s][p["task"]][i]) for i in range(ITEMS)]
+                         for s in seeds])
+        assert float(p["diff"]) == pytest.approx(diff.mean())
+        rng = np.random.default_rng(0)
+        means = []
+        for _ in range(2000):
+            ss = rng.integers(0, len(seeds), len(seeds))
+            ii = rng.integers(0, ITEMS, ITEMS)
+            means.append(diff[np.ix_(ss, ii)].mean())
+        low, high = np.percentile(means, [2.5, 97.5])
+        assert float(p["ci_low"]) == pytest.approx(low) and float(p["ci_high"]) == pytest.approx(high)
+        only_a = sum(a[s][p["task"]][i] > b[s][p["task"]][i] for s in seeds for i in range(ITEMS))
+        only_b = sum(a[s][p["task"]][i] < b[s][p["task"]][i] for s in seeds for i in range(ITEMS))
+        n, k = only_a + only_b, min(only_a, only_b)
+        expected = min(1.0, 2 * sum(math.comb(n, j) for j in range(k + 1)) / 2 ** n) if n else 1.0
+        assert (int(p["only_row"]), int(p["only_best"])) == (only_a, only_b)
+        assert float(p["mcnemar_p"]) == pytest.approx(expected)
+        assert p["verdict"] == ("better" if low > 0 else "worse" if high < 0
+                                else "not shown different")
+    readme = (folder / "README.md").read_text()
+    assert f"Paired comparisons with the best baseline ({best})" in readme
+
+
+def test_mcnemar_exact_matches_known_values():
+    from harness.leaderboard.stats import mcnemar_exact
+
+    assert mcnemar_exact(10, 2) == pytest.approx(0.03857421875)  # 2 x P(X <= 2), X ~ B(12, .5)
+    assert mcnemar_exact(5, 5) == 1.0 and mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(0, 7) == pytest.approx(2 / 2 ** 7)
+
+
+def test_best_single_specialist_is_a_reference_row(board):
+    _, _, folder = board
+    rows = read_csv(folder / "leaderboard.csv")
+    specialists = [r for r in rows if r["kind"] == "specialist"]
+    best = max(specialists, key=lambda r: float(r["avg"]))
+    ref = next(r for r in rows if r["kind"] == "best_specialist")
+    assert ref["model"] == f"best single specialist ({best['model']})"
+    assert ref["avg"] == best["avg"] and ref["avg_rank"] == ""

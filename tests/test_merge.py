@@ -36,6 +36,10 @@ def merged(tmp_path_factory):
     data["multitask"]["enabled"] = False  # the merges read the two specialists only
     data["scorer"].update(limit=20, backend="hf")  # the vLLM scorer: tests/test_scoring.py
     data["merges"][-1]["options"] = {"prune_grid": [0.3, 0.7, 1.0], "scale_grid": [0.5, 1.0]}
+    # a variant that exists only in the recipe: its own entry, name and options
+    data["merges"].append({"method": "hi_merging", "name": "hm_model_wise_only",
+                           "options": {"stages": "model_wise_only", "prune_grid": [0.5, 1.0],
+                                       "scale_grid": [1.0]}})
     recipe = parse_recipe(data)
     ctx = Context(recipe, Store(tmp / "runs", recipe.name),
                   build_plan(recipe, PROJECT / "requirements"), PROJECT)
@@ -245,3 +249,56 @@ def test_killed_hi_merging_search_resumes(merged, tmp_path, monkeypatch):
     assert details["candidates_scored"] == first["candidates_scored"] - 6  # resumed, not redone
     assert details["dev_scores"] == first["dev_scores"]
     assert run_stage(other, "merge") == []  # and a further re-run is a no-op
+
+
+def test_a_variant_added_only_in_the_recipe_is_planned_built_and_tabulated(merged, tmp_path,
+                                                                           monkeypatch):
+    """The recipe's second hi_merging entry is a unit of its own (planned and keyed), built by
+    the merge stage with its options, and a leaderboard row and an ablations.md line (eval
+    results planted: evaluation is not what this checks)."""
+    import random
+
+    from harness.leaderboard.collect import collect
+
+    ctx = merged
+    unit = next(u for u in ctx.plan["merge"] if u.label == "hm_model_wise_only")
+    plain = next(u for u in ctx.plan["merge"] if u.label == "hi_merging")
+    assert unit.key != plain.key and unit.name.startswith("hm_model_wise_only [search]")
+    details = ctx.store.manifest("merge", unit.key)["details"]
+    assert details["options"]["stages"] == "model_wise_only"
+    assert details["mergekit_equals_in_memory"] is True
+    folder = ctx.store.path("merge", unit.key)
+    assert (folder / "decisions.jsonl").read_text() == ""  # no layer-wise step
+    assert not (folder / "contributions.json").exists()
+    root = tmp_path / "runs"
+    shutil.copytree(ctx.store.root, root)
+    other = Context(ctx.recipe, Store(root, ctx.recipe.name), ctx.plan, PROJECT)
+    rng = random.Random(3)
+    for ev in other.plan["eval"]:
+        items = {t: [float(rng.random() < 0.6) for _ in range(40)]
+                 for t in ("synth_mcqa_en", "synth_mcqa_zh")}
+        results = {t: {"acc,none": sum(v) / len(v), "alias": t} for t, v in items.items()}
+        with other.store.build("eval", ev.key, ev.inputs, ev.versions) as out:
+            (out / "results.json").write_text(json.dumps({"harness": {}, "results": results}))
+            (out / "samples.jsonl").write_text("".join(
+                json.dumps({"task": t, "doc_id": i, "acc": x}) + "\n"
+                for t, v in items.items() for i, x in enumerate(v)))
+    monkeypatch.setenv("HARNESS_LEADERBOARD_DIR", str(tmp_path / "lb"))
+    run_stage(other, "leaderboard")
+    board = tmp_path / "lb" / ctx.recipe.name
+    rows = {r["model"] for r in csv_rows(board / "leaderboard.csv")}
+    assert {"hi_merging", "hm_model_wise_only"} <= rows
+    ablations = (board / "ablations.md").read_text()
+    assert "| hm_model_wise_only " in ablations and "stages=model_wise_only" in ablations
+    variants = {r["variant"]: r for r in csv_rows(board / "ablations.csv")}
+    assert set(variants) == {"hi_merging", "hm_model_wise_only"}
+    gain = {m.row: m.grid[0]["dev_gain"] for m in collect(other) if m.options is not None}
+    assert float(variants["hm_model_wise_only"]["dev_gain"]) == pytest.approx(
+        gain["hm_model_wise_only"])
+
+
+def csv_rows(path):
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))

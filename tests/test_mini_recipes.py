@@ -97,8 +97,8 @@ def test_each_lora_export_differs_from_the_base(mini_run):
 def test_leaderboard_rows_come_from_the_eval_files(mini_run):
     ctx, _, root = mini_run
     rows = board(ctx, root)
-    assert set(rows) == {"base", "medqa_en", "cmexam_zh", "chatdoctor_en", "multitask", "ties",
-                         "hi_merging"}
+    assert set(rows) - {n for n in rows if n.startswith("best single specialist (")} == {
+        "base", "medqa_en", "cmexam_zh", "chatdoctor_en", "multitask", "ties", "hi_merging"}
     assert all(r["status"] == "measured" for r in rows.values())
     published = json.loads((root / "leaderboard" / ctx.recipe.name / "leaderboard.json").read_text())
     for row in published["rows"]:

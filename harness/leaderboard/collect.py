@@ -43,6 +43,8 @@ class Measured:
     params: dict[str, Any] = field(default_factory=dict)
     dev_score: Optional[float] = None
     grid: list[dict[str, Any]] = field(default_factory=list)  # every point's dev scores
+    method: str = ""             # a merge's method (the row is its recipe entry's name)
+    options: Optional[dict[str, Any]] = None  # a search method's options (None: a grid)
     results: Optional[dict[str, Any]] = None  # results.json; None = missing
 
     @property
@@ -98,7 +100,9 @@ def _describe(ctx: Context, unit: Optional[Unit]) -> dict[str, Any]:
     if "multitask" in inputs:
         return {"row": "multitask", "kind": "multitask", "seed": inputs["seed"]}
     if "method" in inputs:
-        info: dict[str, Any] = {"row": inputs["method"], "kind": "merge", "seed": inputs["seed"],
+        info: dict[str, Any] = {"row": unit.label or inputs["method"], "kind": "merge",
+                                "seed": inputs["seed"], "method": inputs["method"],
+                                "options": inputs.get("options"),
                                 "point": "search" if "options" in inputs else ""}
         if ctx.store.has("merge", unit.key):
             details = ctx.store.manifest("merge", unit.key)["details"]

@@ -97,7 +97,24 @@ def write_data(folder: Path, rows, grid_rows, tasks, meta: dict[str, Any]) -> No
          "rows": clean, "grid": grid_rows}, indent=2, ensure_ascii=False, default=str))
 
 
-def readme(folder: Path, rows, grid_rows, tasks, meta: dict[str, Any], plots: list[str]) -> None:
+PAIRED_COLUMNS = ["model", "against", "task", "diff", "ci_low", "ci_high", "items", "seeds",
+                  "only_row", "only_best", "mcnemar_p", "verdict"]
+
+
+def write_paired(folder: Path, comparisons: list[dict[str, Any]]) -> None:
+    import pandas as pd
+
+    pd.DataFrame(comparisons, columns=PAIRED_COLUMNS).to_csv(folder / "paired.csv", index=False)
+
+
+def paired_table(comparisons: list[dict[str, Any]]) -> list[list[str]]:
+    return [[c["model"], c["task"], f"{c['diff']:+.1f}", f"[{c['ci_low']:+.1f}, {c['ci_high']:+.1f}]",
+             "" if c.get("mcnemar_p") is None else f"{c['mcnemar_p']:.3g}", str(c["items"]),
+             c["verdict"]] for c in comparisons]
+
+
+def readme(folder: Path, rows, grid_rows, tasks, meta: dict[str, Any], plots: list[str],
+           comparisons: Optional[list[dict[str, Any]]] = None, ablations: bool = False) -> None:
     seeds = meta["seeds"]
     lines = [f"# Leaderboard: {meta['recipe']}", "",
              f"{meta['description']}", "",
@@ -123,6 +140,20 @@ def readme(folder: Path, rows, grid_rows, tasks, meta: dict[str, Any], plots: li
                   "specialist, 0 = no better than the base.", "",
                   tabulate(kept, headers=["model"] + [t.name for t in tasks] + ["min"],
                            tablefmt="pipe", disable_numparse=True), ""]
+    if comparisons:
+        lines += [f"## Paired comparisons with the best baseline ({comparisons[0]['against']}), "
+                  "test", "",
+                  "Per task, on the same test items: the mean paired difference (row - best "
+                  "baseline, table units), its paired bootstrap 95 % interval over items and "
+                  "seeds, and McNemar's exact p for multiple choice (paired.csv). A row is "
+                  "called better or worse only where the interval excludes 0.", "",
+                  tabulate(paired_table(comparisons),
+                           headers=["model", "task", "diff", "95 % interval", "McNemar p",
+                                    "items", "verdict"], tablefmt="pipe",
+                           disable_numparse=True), ""]
+    if ablations:
+        lines += ["Hi-Merging's variants, side by side with their DEV gains: "
+                  "[ablations.md](ablations.md).", ""]
     head, body = secondary_table(rows, tasks)
     if body:
         lines += ["## Open QA: secondary metrics (test)", "",
@@ -140,7 +171,8 @@ def readme(folder: Path, rows, grid_rows, tasks, meta: dict[str, Any], plots: li
               "the same; ties go to the higher raw dev mean, then to the lighter merge.", "",
               tabulate(grid_table(grid_rows), headers=grid_header(grid_rows), tablefmt="pipe",
                        disable_numparse=True), "",
-              f"Files: leaderboard.csv, leaderboard.json, grid.csv, index.html, plots/, models/. "
+              f"Files: leaderboard.csv, leaderboard.json, grid.csv, paired.csv, index.html, "
+              "plots/, models/. "
               f"Rebuild: `make recipe={meta['recipe']}"
               + (f" SEEDS={','.join(map(str, seeds))}`" if len(seeds) > 1 else "`"), ""]
     (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.leaderboard import collect as C
-from harness.leaderboard import plots, render, table
+from harness.leaderboard import ablations, paired, plots, render, table
 from harness.plan import Unit
 from harness.portable import Portable
 from harness.stages import Context
@@ -76,10 +76,10 @@ def copy_heatmaps(ctx: Context, folder: Path, measured: list[C.Measured]) -> lis
     the merge stage drew them."""
     out = []
     for m in measured:
-        if m.row == "hi_merging" and ctx.store.has("merge", m.model_key):
+        if m.options is not None and ctx.store.has("merge", m.model_key):
             src = ctx.store.path("merge", m.model_key) / "heatmap.png"
             if src.is_file():
-                name = f"plots/hi_merging_contributions_seed{m.seed}.png"
+                name = f"plots/{_slug(m.row)}_contributions_seed{m.seed}.png"
                 shutil.copyfile(src, folder / name)
                 out.append(name)
     return out
@@ -95,6 +95,7 @@ def write_leaderboard(ctx: Context, folder: Path, unit: Unit) -> dict[str, Any]:
     links = write_provenance(ctx, folder, measured)
     for r in rows:
         r["_link"] = links.get(r["model"])
+    table.add_best_specialist(rows)
     (folder / "plots").mkdir(exist_ok=True)
     made = []
     plots.bars(folder / "plots" / "tasks.png", rows, tasks)
@@ -106,8 +107,11 @@ def write_leaderboard(ctx: Context, folder: Path, unit: Unit) -> dict[str, Any]:
             "complete": not any(m.missing for m in measured),
             "seeds": list(ctx.recipe.seeds), "leaderboard_key": unit.key,
             "backend": ctx.plan["eval"][0].inputs["backend"] if ctx.plan["eval"] else ""}
+    comparisons = paired.compare_rows(ctx, rows, measured, tasks)
+    render.write_paired(folder, comparisons)
+    has_ablations = ablations.write(folder, ctx, rows, measured, tasks)
     render.write_data(folder, rows, grid_rows, tasks, meta)
-    render.readme(folder, rows, grid_rows, tasks, meta, made)
+    render.readme(folder, rows, grid_rows, tasks, meta, made, comparisons, has_ablations)
     render.index_html(folder, rows, grid_rows, tasks, meta, made)
     missing = [m for m in measured if m.missing]
     return {"rows": len(rows), "grid_points": len(grid_rows), "missing_evals": len(missing),

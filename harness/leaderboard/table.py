@@ -1,7 +1,7 @@
 """The leaderboard's numbers, computed from the collected evals exactly as DEFINITIONS say.
 
 One row per model (`model` column): base, each specialist, multitask, each method at its
-dev-selected grid point, hi_merging; reported reference rows last. Multi-seed recipes average
+dev-selected grid point, each search variant (Hi-Merging); reported reference rows last. Multi-seed recipes average
 each task over seeds (mean, sample std); every derived column is computed from those means.
 """
 from __future__ import annotations
@@ -32,7 +32,15 @@ DEFINITIONS = {
     "<task>_kept": "share of the specialist gain kept on the task, 100 x (row - base) / (best "
                    "specialist on that task - base), from the test means; empty where no "
                    "specialist beats the base",
-    "kept_min": "the smallest <task>_kept of the row (the task the row keeps least of)",
+    "kept_min": "the smallest <task>_kept of the row (the task the row keeps least of): the "
+                "worst task's normalised gain",
+    "best single specialist": "the specialist with the best avg over all tasks, repeated as a "
+                              "reference row after the merges (not ranked)",
+    "paired.csv": "each merge and the multi-task fine-tune against the best baseline (the grid "
+                  "method with the best test avg), per task on the same test items: the mean "
+                  "paired difference, its paired bootstrap 95 % interval over items and seeds "
+                  "(2000 draws), and for multiple choice the exact McNemar p on the discordant "
+                  "items pooled over seeds; `better`/`worse` only where the interval excludes 0",
     "<qa task>_<metric>": "open QA's secondary metrics on test: lm-eval's BLEU-4 (bleu4_13a / "
                           "bleu4_zh) and LLaMA-Factory's ComputeSimilarity (lf_bleu4: BLEU-4 on "
                           "characters, smoothing method 3; lf_rouge1/2/L: ROUGE F1 over jieba "
@@ -45,6 +53,7 @@ DEFINITIONS = {
                  "dev scores and gain are in grid.csv",
 }
 KIND_ORDER = {"base": 0, "specialist": 1, "multitask": 2, "merge": 3, "reported": 4}
+BEST_SPECIALIST = "best single specialist"
 
 
 def _mean(values: list[float]) -> Optional[float]:
@@ -98,7 +107,7 @@ def main_rows(measured: list[Measured], tasks: list[Task]) -> list[dict[str, Any
         status = "measured" if len(done) == len(group) else ("missing" if not done else "partial")
         row: dict[str, Any] = {"model": name, "kind": kind, "status": status,
                                "seeds": ",".join(map(str, seeds)), "n_evals": len(done)}
-        if kind == "merge" and name != "hi_merging":
+        if kind == "merge" and group[0].options is None:  # a grid, not a search
             row["selected_point"] = "; ".join(f"seed {m.seed}: {m.point}" for m in
                                               sorted(group, key=lambda m: m.seed or 0))
         for task in tasks:
@@ -160,6 +169,21 @@ def derive(rows: list[dict[str, Any]], tasks: list[Task]) -> None:
                               if gain and gain > 0 and r.get(n) is not None else None)
         kept = [r[f"{n}_kept"] for n in names]
         r["kept_min"] = min(kept) if kept and all(k is not None for k in kept) else None
+
+
+def add_best_specialist(rows: list[dict[str, Any]]) -> None:
+    """A reference row after the merges: the specialist with the best average over every task,
+    the bar a merge must clear to be worth more than picking one model. Not ranked."""
+    specialists = [r for r in rows if r["kind"] == "specialist" and r.get("avg") is not None]
+    if not specialists:
+        return
+    best = max(specialists, key=lambda r: r["avg"])
+    row = {k: v for k, v in best.items() if k not in ("avg_rank", "_link")}
+    row.update(model=f"{BEST_SPECIALIST} ({best['model']})", kind="best_specialist",
+               _link=best.get("_link"))
+    at = max((i for i, r in enumerate(rows) if r["kind"] in ("merge", "multitask",
+                                                             "specialist")), default=-1)
+    rows.insert(at + 1, row)
 
 
 def _ranks(values: list[tuple[int, Optional[float]]]) -> dict[int, float]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.merge_methods import METHODS
+from harness.merge_methods import METHODS, SEARCH_OPTIONS
 
 TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "tokenizer_source"}
 MODEL_KEYS = {"model", "parameters"}
@@ -40,7 +40,7 @@ def validate(config: dict[str, Any]) -> Any:
     if unknown:
         raise HarnessError(f"mergekit config: unknown key(s) {sorted(unknown)}")
     method = next((m for m in METHODS.values() if m.mergekit_method == config["merge_method"]
-                   and m.name != "hi_merging"), None)
+                   and m.name not in SEARCH_OPTIONS), None)
     if method is None:
         raise HarnessError(f"mergekit config: unknown merge_method {config['merge_method']!r}")
     allowed = set(method.parameters)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -24,6 +25,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from harness.merge.gains import Reference
+from harness.merge_methods import HiMergingOptions
 from harness.merge.memory import InMemoryMerger
 
 log = logging.getLogger("harness")
@@ -36,18 +38,7 @@ Spec = dict[Group, dict[str, Part]]
 TOLERANCE = 1e-9
 
 
-@dataclass
-class Options:
-    prune_grid: list[float]
-    scale_grid: list[float]
-    search: str = "coarse_to_fine"
-    halving_factor: float = 0.5
-    greedy_acceptance: bool = True
-    recompute_every: int = 4
-    epsilon: float = 0.0
-    max_iterations: Optional[int] = None
-    non_layer_tensors: str = "model_wise"
-    combine: str = "normalised_gain"
+Options = HiMergingOptions  # every option typed and documented in one place
 
 
 def spec_key(spec: Spec) -> str:
@@ -157,6 +148,9 @@ class HiMerging:
     # are spread over several scoring processes (harness/merge/stage.py); each step hands it
     # every candidate it is about to ask for (prefetch)
     score_batch: Optional[Callable[[list[tuple[Spec, str]]], list[float]]] = None
+    # dev items scored per task: the standard errors of `sparsest` and `epsilon_se` (a task
+    # left out, or a score outside [0, 1] such as a log-likelihood, has none: 0)
+    items: dict[str, int] = field(default_factory=dict)
     _reference: Optional[Reference] = field(default=None, init=False, repr=False)
 
     # ------------------------------------------------------------- scoring
@@ -174,6 +168,10 @@ class HiMerging:
             self.progress.update(1)
         return value
 
+    def scores(self, spec: Spec) -> dict[str, float]:
+        """One candidate on every model's task."""
+        return {m: self.S(spec, m) for m in self.models}
+
     def prefetch(self, items: list[tuple[Spec, str]]) -> None:
         """Score the (candidate, model) pairs a step is about to ask for as one batch, when
         a batch scorer is set; the step then reads them from the cache."""
@@ -189,6 +187,15 @@ class HiMerging:
             scores = self.score_batch(list(todo.values()))
             self.cache.put_batch({k: float(v) for k, v in zip(todo, scores)})
 
+    def stderr(self, model: str, score: float) -> float:
+        """A dev score's standard error: a mean over n items of a per-item score in [0, 1]
+        (accuracy, ROUGE-L) has a standard deviation of at most sqrt(s (1 - s)), exact for
+        accuracy. Unknown (0) for a log-likelihood or an unknown item count."""
+        n = self.items.get(self.tasks[model], 0)
+        if not n or not 0.0 <= score <= 1.0:
+            return 0.0
+        return math.sqrt(score * (1.0 - score) / n)
+
     # ------------------------------------------------------------- one scale across tasks
     def reference(self) -> Reference:
         """Each model's task scored on the base and on the whole specialist (p = s = 1)."""
@@ -197,18 +204,35 @@ class HiMerging:
         return Reference({m: self.S({}, m) for m in self.models},
                          {m: self.S(self.single(m, (1.0, 1.0)), m) for m in self.models})
 
+    def ref(self) -> Reference:
+        if self._reference is None:
+            self._reference = self.reference()
+        return self._reference
+
     def unit(self, model: str) -> float:
         """What one point of `model`'s dev score is worth when tasks are summed: 1 / its
         specialist's gain over the base (`combine: normalised_gain`), or 1 (`raw`)."""
-        if self.options.combine == "raw":
-            return 1.0
-        if self._reference is None:
-            self._reference = self.reference()
-        return self._reference.unit(model)
+        return 1.0 if self.options.combine == "raw" else self.ref().unit(model)
 
     def total(self, scores: dict[str, float]) -> float:
         """Scores of one candidate, one per model's task, summed on the combine scale."""
         return sum(s * self.unit(m) for m, s in scores.items())
+
+    def accepts(self, before: dict[str, float], after: dict[str, float],
+                start: dict[str, float]) -> bool:
+        """Option `acceptance`: whether a change from `before` to `after` is kept (`start`:
+        the scores when resolution began)."""
+        rule, ref = self.options.acceptance, self.ref()
+        if rule == "always":
+            return True
+        if rule == "sum":
+            return sum(after.values()) >= sum(before.values()) - TOLERANCE
+        kept = ref.mean_gain(after) >= ref.mean_gain(before) - TOLERANCE
+        if rule == "mean_gain":
+            return kept
+        floor = self.options.acceptance_margin
+        return kept and all(ref.gain(m, after[m]) >= ref.gain(m, start[m]) - floor - TOLERANCE
+                            for m in self.models)
 
     @property
     def models(self) -> list[str]:
@@ -226,145 +250,210 @@ class HiMerging:
         return {g: {model: part} for g in (only if only is not None else self.groups)}
 
     # ------------------------------------------------------------- step 1
-    def model_wise(self, model: str) -> Part:
-        """Best (p, s) for one model on its own dev task; coarse grid, then the neighbours."""
+    def _grid_search(self, spec_at: Callable[[Part], Spec], value_of: Callable[[Spec], float],
+                     needs: Callable[[Spec], list[tuple[Spec, str]]]
+                     ) -> tuple[tuple[int, int], dict[tuple[int, int], float]]:
+        """The best (i, j) of prune_grid x scale_grid by `value_of`, coarse grid then the
+        neighbours (`search`), and every point it scored."""
         P, Sg = sorted(self.options.prune_grid), sorted(self.options.scale_grid)
+        seen: dict[tuple[int, int], float] = {}
 
-        def value(i: int, j: int) -> float:
-            return self.S(self.single(model, (P[i], Sg[j])), model)
+        def visit(points: list[tuple[int, int]]) -> tuple[int, int]:
+            specs = {ij: spec_at((P[ij[0]], Sg[ij[1]])) for ij in points}
+            self.prefetch([item for spec in specs.values() for item in needs(spec)])
+            for ij, spec in specs.items():
+                if ij not in seen:
+                    seen[ij] = value_of(spec)
+            return max(points, key=lambda ij: (seen[ij], ij))
 
         if self.options.search == "grid":
-            points = [(i, j) for i in range(len(P)) for j in range(len(Sg))]
-        else:
-            points = [(i, j) for i in range(0, len(P), 2) for j in range(0, len(Sg), 2)]
-            points += [(len(P) - 1, len(Sg) - 1)]
-        self.prefetch([(self.single(model, (P[i], Sg[j])), model) for i, j in points])
-        best = max(points, key=lambda ij: (value(*ij), ij))
-        if self.options.search == "coarse_to_fine":
-            while True:
-                around = [(best[0] + di, best[1] + dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)
-                          if 0 <= best[0] + di < len(P) and 0 <= best[1] + dj < len(Sg)]
-                self.prefetch([(self.single(model, (P[i], Sg[j])), model) for i, j in around])
-                top = max(around, key=lambda ij: (value(*ij), ij))
-                if top == best:
-                    break
-                best = top
+            return visit([(i, j) for i in range(len(P)) for j in range(len(Sg))]), seen
+        best = visit([(i, j) for i in range(0, len(P), 2) for j in range(0, len(Sg), 2)]
+                     + [(len(P) - 1, len(Sg) - 1)])
+        while True:
+            top = visit([(best[0] + di, best[1] + dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)
+                         if 0 <= best[0] + di < len(P) and 0 <= best[1] + dj < len(Sg)])
+            if top == best:
+                return best, seen
+            best = top
+
+    def model_wise(self, model: str) -> Part:
+        """Best (p, s) for one model on its own dev task, the model alone (`step1: alone`), or
+        the sparsest point within one standard error of that best (`sparsest`)."""
+        P, Sg = sorted(self.options.prune_grid), sorted(self.options.scale_grid)
+        best, seen = self._grid_search(lambda part: self.single(model, part),
+                                       lambda spec: self.S(spec, model),
+                                       lambda spec: [(spec, model)])
+        if self.options.step1 == "sparsest":
+            floor = seen[best] - self.stderr(model, seen[best]) - TOLERANCE
+            # fewest entries kept first, then the smaller scale, then the higher score
+            best = min((ij for ij, v in seen.items() if v >= floor),
+                       key=lambda ij: (P[ij[0]], Sg[ij[1]], -seen[ij]))
         return P[best[0]], Sg[best[1]]
 
+    def model_wise_merged(self) -> dict[str, Part]:
+        """`step1: merged`: each model's (p, s) chosen, in the recipe's order, on every task
+        of the merge of all models, the others at their current points (first p = s = 1)."""
+        P, Sg = sorted(self.options.prune_grid), sorted(self.options.scale_grid)
+        parts = {m: (1.0, 1.0) for m in self.models}
+        for model in self.models:
+            def spec_at(part: Part, model: str = model) -> Spec:
+                return {g: {**parts, model: part} for g in self.groups}
+
+            best, _ = self._grid_search(spec_at, lambda spec: self.total(self.scores(spec)),
+                                        lambda spec: [(spec, m) for m in self.models])
+            parts[model] = (P[best[0]], Sg[best[1]])
+        return parts
+
+    def step1(self) -> dict[str, Part]:
+        if self.options.stages == "layer_wise_only":
+            return {m: (1.0, 1.0) for m in self.models}
+        if self.options.step1 == "merged":
+            return self.model_wise_merged()
+        return {m: self.model_wise(m) for m in self.models}
+
     # ------------------------------------------------------------- step 3
+    def _terms(self, parts: dict[str, Part], merged: Spec, context: str, l: int, m: str
+               ) -> tuple[Spec, Spec, Spec, Spec]:
+        """The four candidates of c = α + β for (layer l, model m): α = S(with) - S(without),
+        β = S(l on its own) - S(reference). Option `beta`: the reference is the base, or the
+        base with the same context's non-layer tensors."""
+        if context == "specialist":
+            whole = self.single(m, parts[m])
+            without = {g: v for g, v in whole.items() if g != l}
+        else:
+            whole = merged
+            without = {**merged, l: {k: v for k, v in merged[l].items() if k != m}}
+        if self.options.beta == "with_non_layer":
+            rest = {REST: whole[REST]} if REST in whole else {}
+            return whole, without, {l: whole[l], **rest}, rest
+        return whole, without, {l: whole[l]}, {}
+
     def contributions(self, parts: dict[str, Part], merged: Spec,
                       specialist: Optional[dict] = None) -> dict[str, Any]:
-        """α, β, c in both contexts, γ per (layer, model) and Γ per layer."""
-        base: Spec = {}
+        """α, β, c in both contexts, γ per (layer, model) and Γ per layer, each with its
+        standard error (independent scores assumed: an upper bound for paired items)."""
         table: dict[str, Any] = {"specialist": specialist or {}, "merged": {}, "gamma": {},
-                                 "Gamma": {}}
-        self.prefetch(self._contribution_candidates(parts, merged, specialist is None))
-        if specialist is None:
-            for m in self.models:
-                full = self.single(m, parts[m])
-                s_full, s_base = self.S(full, m), self.S(base, m)
-                for l in self.layers:
-                    without = {g: v for g, v in full.items() if g != l}
-                    alpha = s_full - self.S(without, m)
-                    beta = self.S(self.single(m, parts[m], [l]), m) - s_base
-                    table["specialist"][f"{l}:{m}"] = {"alpha": alpha, "beta": beta,
-                                                       "c": alpha + beta}
+                                 "Gamma": {}, "gamma_se": {}, "Gamma_se": {}}
+        contexts = ["merged"] + (["specialist"] if specialist is None else [])
+        terms = {(c, l, m): self._terms(parts, merged, c, l, m)
+                 for c in contexts for l in self.layers for m in self.models}
+        self.prefetch([(spec, m) for (_, _, m), specs in terms.items() for spec in specs])
+        for (context, l, m), (whole, without, alone, ref) in terms.items():
+            s = [self.S(spec, m) for spec in (whole, without, alone, ref)]
+            alpha, beta = s[0] - s[1], s[2] - s[3]
+            var = sum(self.stderr(m, v) ** 2 for v in s)
+            table[context][f"{l}:{m}"] = {"alpha": alpha, "beta": beta, "c": alpha + beta,
+                                          "var": var}
         for l in self.layers:
-            only_l = {l: merged[l]}
             for m in self.models:
-                without_m = {**merged, l: {k: v for k, v in merged[l].items() if k != m}}
-                alpha = self.S(merged, m) - self.S(without_m, m)
-                beta = self.S(only_l, m) - self.S(base, m)
-                table["merged"][f"{l}:{m}"] = {"alpha": alpha, "beta": beta, "c": alpha + beta}
-                table["gamma"][f"{l}:{m}"] = (table["specialist"][f"{l}:{m}"]["c"]
-                                              - (alpha + beta))
+                key = f"{l}:{m}"
+                sp, mg = table["specialist"][key], table["merged"][key]
+                table["gamma"][key] = sp["c"] - mg["c"]
+                table["gamma_se"][key] = math.sqrt(sp.get("var", 0.0) + mg["var"])
             # Γ sums the models' γ on the combine scale (a task's γ per unit of its gain)
             table["Gamma"][str(l)] = sum(table["gamma"][f"{l}:{m}"] * self.unit(m)
                                          for m in self.models)
+            table["Gamma_se"][str(l)] = math.sqrt(sum(
+                (table["gamma_se"][f"{l}:{m}"] * self.unit(m)) ** 2 for m in self.models))
         return table
 
-    def _contribution_candidates(self, parts: dict[str, Part], merged: Spec,
-                                 specialist_context: bool) -> list[tuple[Spec, str]]:
-        """Every (candidate, model) pair contributions() scores, in one list."""
-        items: list[tuple[Spec, str]] = []
-        for m in self.models:
-            items += [(merged, m), ({}, m)]
-            if specialist_context:
-                full = self.single(m, parts[m])
-                items.append((full, m))
-                for l in self.layers:
-                    items += [({g: v for g, v in full.items() if g != l}, m),
-                              (self.single(m, parts[m], [l]), m)]
-            for l in self.layers:
-                items += [({**merged, l: {k: v for k, v in merged[l].items() if k != m}}, m),
-                          ({l: merged[l]}, m)]
-        return items
-
     # ------------------------------------------------------------- step 4
-    def resolve(self, parts: dict[str, Part], merged: Spec, table: dict[str, Any]) -> Spec:
+    def threshold(self, table: dict[str, Any], l: int) -> float:
+        """Γ a layer must exceed to be resolved: ε + epsilon_se standard errors of Γ."""
+        return self.options.epsilon + self.options.epsilon_se * table["Gamma_se"][str(l)]
+
+    def propose(self, l: int, merged: Spec, table: dict[str, Any]
+                ) -> tuple[str, str, Spec]:
+        """(case, action, proposal) for layer l, by the signs of its γ."""
         opts = self.options
-        limit = opts.max_iterations if opts.max_iterations is not None else max(1, len(self.layers) // 2)
-        done: set[int] = set()
-        resolved = 0
-        while resolved < limit:
-            order = sorted((l for l in self.layers if l not in done),
-                           key=lambda l: (-table["Gamma"][str(l)], l))
-            if not order or table["Gamma"][str(order[0])] <= opts.epsilon + TOLERANCE:
-                break
-            l = order[0]
-            done.add(l)
-            gammas = {m: table["gamma"][f"{l}:{m}"] for m in self.models}
-            proposal = dict(merged)
-            if all(g > 0 for g in gammas.values()):
-                case = "severe"
+        gammas = {m: table["gamma"][f"{l}:{m}"] for m in self.models}
+        if all(g > 0 for g in gammas.values()):
+            if opts.severe == "score_each" and merged[l]:
+                options = {m: {**merged, l: {m: merged[l][m]}} for m in merged[l]}
+                self.prefetch([(spec, m) for spec in options.values() for m in self.models])
+                keep = max(options, key=lambda m: (self.total(self.scores(options[m])), m))
+            else:
                 keep = max(self.models,
                            key=lambda m: table["specialist"][f"{l}:{m}"]["c"] * self.unit(m))
-                proposal[l] = {keep: merged[l][keep]} if keep in merged[l] else {}
-                action = f"keep only {keep}"
-            elif any(g > 0 for g in gammas.values()):
-                case = "partial"
-                h = opts.halving_factor
-                proposal[l] = {m: ((p * h, s * h) if gammas[m] > 0 else (p, s))
-                               for m, (p, s) in merged[l].items()}
-                action = "re-prune and re-scale " + ", ".join(m for m in self.models if gammas[m] > 0)
-            else:
-                case, action = "mutual", "unchanged"
-            if case != "mutual":
-                self.prefetch([(spec, m) for spec in (merged, proposal) for m in self.models])
-            before = {m: self.S(merged, m) for m in self.models}
-            after = {m: self.S(proposal, m) for m in self.models} if case != "mutual" else before
-            accepted = case != "mutual" and (not opts.greedy_acceptance
-                                            or self.total(after) >= self.total(before) - TOLERANCE)
-            self.decisions.append({"layer": l, "Gamma": table["Gamma"][str(l)], "gamma": gammas,
-                                   "case": case, "action": action, "accepted": accepted,
-                                   "dev_before": before, "dev_after": after})
-            log.info("hi_merging: layer %s %s (%s): %s", l, case, action,
-                     "accepted" if accepted else "kept as was")
-            if accepted:
-                merged = proposal
-                resolved += 1
-                if resolved % opts.recompute_every == 0:
-                    table = self.contributions(parts, merged, table["specialist"])
-            elif case == "mutual":
-                continue
-        return merged
+            return "severe", f"keep only {keep}", {
+                **merged, l: {keep: merged[l][keep]} if keep in merged[l] else {}}
+        if any(g > 0 for g in gammas.values()):
+            fell = opts.partial == "shrink_fell"
+            shrink = [m for m in self.models if (gammas[m] > 0) == fell and m in merged[l]]
+            h = opts.halving_factor
+            return "partial", "re-prune and re-scale " + ", ".join(shrink), {
+                **merged, l: {m: ((p * h, s * h) if m in shrink else (p, s))
+                              for m, (p, s) in merged[l].items()}}
+        return "mutual", "unchanged", merged
+
+    def resolve(self, parts: dict[str, Part], merged: Spec, table: dict[str, Any]
+                ) -> tuple[Spec, dict[str, Any]]:
+        """Passes over the layers, most conflicting first; each resolves at most
+        `max_iterations` layers; γ is recomputed every `recompute_every` accepted changes and
+        before every further pass. Returns the final spec and the last contribution table."""
+        opts = self.options
+        limit = opts.max_iterations or max(1, len(self.layers) // 2)
+        start = self.scores(merged)
+        accepted_total = 0
+        for number in range(opts.passes or 10):
+            if number:
+                table = self.contributions(parts, merged, table["specialist"])
+            done: set[int] = set()
+            resolved = 0
+            while resolved < limit:
+                order = sorted((l for l in self.layers if l not in done),
+                               key=lambda l: (-table["Gamma"][str(l)], l))
+                if not order or table["Gamma"][str(order[0])] <= self.threshold(table, order[0]) + TOLERANCE:
+                    break
+                l = order[0]
+                done.add(l)
+                case, action, proposal = self.propose(l, merged, table)
+                # a proposal equal to the layer as it is (a severe layer already down to its
+                # keeper, no model to shrink) changes nothing: not a resolution
+                changes = case != "mutual" and proposal != merged
+                if changes:
+                    self.prefetch([(spec, m) for spec in (merged, proposal) for m in self.models])
+                before = self.scores(merged)
+                after = self.scores(proposal) if changes else before
+                accepted = changes and self.accepts(before, after, start)
+                self.decisions.append({
+                    "pass": number + 1, "layer": l, "Gamma": table["Gamma"][str(l)],
+                    "Gamma_se": table["Gamma_se"][str(l)],
+                    "gamma": {m: table["gamma"][f"{l}:{m}"] for m in self.models},
+                    "case": case, "action": action, "changes": changes, "accepted": accepted,
+                    "dev_before": before, "dev_after": after})
+                log.info("hi_merging: pass %d layer %s %s (%s): %s", number + 1, l, case, action,
+                         "accepted" if accepted else "kept as was")
+                if accepted:
+                    merged = proposal
+                    resolved += 1
+                    accepted_total += 1
+                    if accepted_total % opts.recompute_every == 0:
+                        table = self.contributions(parts, merged, table["specialist"])
+            if not resolved:
+                break
+        return merged, table
 
     # ------------------------------------------------------------- the whole method
     def run(self) -> dict[str, Any]:
         from tqdm import tqdm
 
         with tqdm(desc="hi_merging candidates", unit="score") as self.progress:
-            parts = {m: self.model_wise(m) for m in self.models}
+            parts = self.step1()
             log.info("hi_merging: step 1 model-wise (prune, scale): %s", parts)
             merged: Spec = {g: dict(parts) for g in self.groups}  # step 2: initial TIES merge
-            table = self.contributions(parts, merged)
-            log.info("hi_merging: step 3 layer conflicts Γ: %s",
-                     {l: round(v, 4) for l, v in table["Gamma"].items()})
-            final = self.resolve(parts, merged, table)
-            final_table = self.contributions(parts, final, table["specialist"])
+            table = final_table = None
+            final = merged
+            if self.options.stages != "model_wise_only":
+                table = self.contributions(parts, merged)
+                log.info("hi_merging: step 3 layer conflicts Γ: %s",
+                         {l: round(v, 4) for l, v in table["Gamma"].items()})
+                final, _ = self.resolve(parts, merged, table)
+                final_table = self.contributions(parts, final, table["specialist"])
         self.progress = None
-        dev_final = {m: self.S(final, m) for m in self.models}
-        reference = self._reference or self.reference()
+        dev_final = self.scores(final)
+        reference = self.ref()
         return {"model_wise": parts, "initial": merged, "final": final, "contributions": table,
                 "contributions_after": final_table, "decisions": self.decisions,
                 "dev_final": dev_final, "dev_reference": reference.describe(),

@@ -16,7 +16,9 @@ def _rows(table: dict[str, Any], models: list[str]) -> list[dict[str, Any]]:
                      "alpha_specialist": sp["alpha"], "beta_specialist": sp["beta"],
                      "c_specialist": sp["c"], "alpha_merged": mg["alpha"],
                      "beta_merged": mg["beta"], "c_merged": mg["c"], "gamma": gamma,
-                     "Gamma": table["Gamma"][layer]})
+                     "gamma_se": table.get("gamma_se", {}).get(key),
+                     "Gamma": table["Gamma"][layer],
+                     "Gamma_se": table.get("Gamma_se", {}).get(layer)})
     return sorted(rows, key=lambda r: (r["layer"], models.index(r["model"])))
 
 
@@ -44,17 +46,20 @@ def heatmap(path: Path, before: dict, after: dict, models: list[str]) -> None:
 
 
 def write(folder: Path, result: dict[str, Any], models: list[str]) -> None:
+    """The search's records; a model-wise-only variant has no contribution analysis."""
     tables = {"before": result["contributions"], "after": result["contributions_after"]}
-    (folder / "contributions.json").write_text(json.dumps(tables, indent=2))
-    rows = [{"stage": stage, **row} for stage, t in tables.items() for row in _rows(t, models)]
-    with open(folder / "contributions.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    if tables["before"] is not None:
+        (folder / "contributions.json").write_text(json.dumps(tables, indent=2))
+        rows = [{"stage": stage, **row} for stage, t in tables.items()
+                for row in _rows(t, models)]
+        with open(folder / "contributions.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        heatmap(folder / "heatmap.png", tables["before"], tables["after"], models)
     with open(folder / "decisions.jsonl", "w") as fh:
         for decision in result["decisions"]:
             fh.write(json.dumps(decision) + "\n")
     (folder / "plan.json").write_text(json.dumps(
         {"model_wise": result["model_wise"],
          "final": {str(g): parts for g, parts in result["final"].items()}}, indent=2))
-    heatmap(folder / "heatmap.png", tables["before"], tables["after"], models)

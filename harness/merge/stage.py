@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 
 from harness.cost import metered
 from harness.executor import distributed, run_units
-from harness.merge_methods import HI_MERGING_OPTIONS
 from harness.merge import preflight
 from harness.merge.config import mergekit_config, validate
 from harness.plan import Unit, _point_label
@@ -199,9 +198,10 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
     # Scores outlive a killed run here, so a re-run resumes the search where it stopped.
     cache_dir = ctx.store.stage_dir("merge") / f".cache-{unit.key}"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    options = Options(**{**HI_MERGING_OPTIONS, **unit.inputs["options"]})
+    options = Options.model_validate(unit.inputs["options"])
     method = HiMerging(candidates, score, {n: sp.dataset for n, sp in names.items()},
-                       options, ScoreCache(cache_dir / "scores.jsonl"), score_batch=batch)
+                       options, ScoreCache(cache_dir / "scores.jsonl"), score_batch=batch,
+                       items=dev_items(setup))
     try:
         result = method.run()
     finally:
@@ -210,7 +210,7 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
     config = mergekit_yaml(result["final"], engine.layers, str(base.path),
                            {n: str(p) for n, p in models.items()}, ctx.recipe.base.dtype)
     details: dict[str, Any] = {
-        "method": "hi_merging", "options": options.__dict__, "random_seed": unit.inputs["seed"],
+        "method": unit.inputs["method"], "options": options.model_dump(), "random_seed": unit.inputs["seed"],
         "reproduce": "mergekit-yaml mergekit.yaml OUT", "base": base.describe(),
         "preflight": checked, "model_keys": {str(p): keys[n] for n, p in models.items()},
         "model_wise": result["model_wise"], "dev_scores": result["dev_final"],
@@ -231,6 +231,15 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
     log.info("merge: %s [%s] dev %s", unit.name, unit.key, details["dev_scores"])
 
 
+# The search methods' builders, by the registry's name (harness/merge_methods.py SEARCH_OPTIONS);
+# every other method is a grid.
+SEARCHES = {"hi_merging": build_hi_merging}
+
+
+def is_search(unit: Unit) -> bool:
+    return "options" in unit.inputs
+
+
 def _check_built(ctx: Context, unit: Unit) -> None:
     """Every specialist a merge reads is complete in the run store (manifest and model)."""
     from harness.errors import HarnessError
@@ -248,8 +257,8 @@ def build_one(ctx: Context, unit: Unit) -> None:
     from harness.executor import kind
     from harness.scoring.pool import close_residents
 
-    if unit.inputs["method"] == "hi_merging":
-        return build_hi_merging(ctx, unit)
+    if is_search(unit):
+        return SEARCHES[unit.inputs["method"]](ctx, unit)
     try:
         build_grid(ctx, unit)
     finally:
@@ -260,7 +269,7 @@ def build_one(ctx: Context, unit: Unit) -> None:
 def build(ctx: Context, units: list[Unit]) -> None:
     from harness.scoring.pool import close_residents
 
-    baselines = [u for u in units if u.inputs["method"] != "hi_merging"]
+    baselines = [u for u in units if not is_search(u)]
     by_models: dict[tuple, list[Unit]] = defaultdict(list)
     for unit in units:  # baselines and Hi-Merging searches: each writes one model
         by_models[tuple(unit.inputs["models"])].append(unit)
@@ -279,7 +288,7 @@ def build(ctx: Context, units: list[Unit]) -> None:
             for unit in units:
                 if unit not in baselines:
                     with metered():
-                        build_hi_merging(ctx, unit)
+                        SEARCHES[unit.inputs["method"]](ctx, unit)
         else:
             run_units(ctx, "merge", units, build_one)
     finally:
