@@ -108,6 +108,14 @@ def cmd_fetch(args) -> int:
     return 0
 
 
+def cmd_publish(args) -> int:
+    from harness.publish import publish_models
+
+    for resolved in publish_models(_context(args), args.seed):
+        print(f"{resolved.ref}@{resolved.revision}")
+    return 0
+
+
 def cmd_check(args) -> int:
     from harness.check import FAIL, run_checks
 
@@ -162,6 +170,12 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--recipe", default="tiny_en_zh", help="recipe name under recipes/")
     f.add_argument("--seeds", help=argparse.SUPPRESS)
     f.set_defaults(func=cmd_fetch)
+    u = sub.add_parser("publish", help="put the recipe's trained base and specialists (one seed) "
+                                       "in the hub cache as harness-tiny/<recipe>-<name>")
+    u.add_argument("--recipe", default="tiny_en_zh", help="recipe name under recipes/")
+    u.add_argument("--seed", type=int, default=0, help="whose specialists (default 0)")
+    u.add_argument("--seeds", help=argparse.SUPPRESS)
+    u.set_defaults(func=cmd_publish)
     k = sub.add_parser("check", help="can this host run the recipe: GPUs, dtype, disk, /dev/shm, "
                                      "RAM, hub access, envs, Ray (one line each)")
     k.add_argument("--recipe", default="tiny_en_zh", help="recipe name under recipes/")

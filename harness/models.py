@@ -9,7 +9,7 @@ from typing import Any
 
 from harness import hub
 from harness.errors import HarnessError
-from harness.recipe import BaseModelSpec
+from harness.recipe import BaseModelSpec, Specialist, model_kind
 
 # Weight files that unpickle on load: a malicious one runs code. We never load them.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -77,7 +77,35 @@ def base_reference(spec: BaseModelSpec) -> dict[str, Any]:
     return {"kind": "tiny"}
 
 
-def resolve_base(store, base: dict[str, Any]) -> hub.Resolved:
+def weights_hash(folder: Path) -> str:
+    """Content hash of a local model: every file's bytes (weights included), so new weights of
+    the same shapes change it. Read once per plan: seconds for a 7B model on a local disk."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(folder)).encode() + b"\0")
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 24), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def specialist_reference(sp: Specialist, dtype: str) -> dict[str, Any]:
+    """What identifies an existing fine-tune in content keys: a hub id with the commit its
+    revision resolves to in the hub cache (an upstream change re-keys everything built from
+    it; None when the cache does not hold it yet: `harness fetch`), or a local folder with the
+    hash of its files."""
+    if model_kind(sp.model) == "hub":
+        revision = sp.revision or "main"
+        return {"kind": "hub", "id": sp.model, "revision": revision,
+                "commit": hub.cached_revision(sp.model, revision), "dtype": dtype}
+    folder = Path(sp.model).expanduser().resolve()
+    check_weights_folder(folder)
+    return {"kind": "local", "path": str(folder), "fingerprint": weights_hash(folder),
+            "dtype": dtype}
+
+
+def resolve_base(store, base: dict[str, Any], what: str = "base.model") -> hub.Resolved:
     """The base model's folder, for every stage: the tiny base from the run store, a local
     folder as it is, a hub id through the hub cache (the one resolver, harness/hub.py)."""
     if base["kind"] == "tiny":
@@ -85,7 +113,9 @@ def resolve_base(store, base: dict[str, Any]) -> hub.Resolved:
     elif base["kind"] == "local":
         resolved = hub.Resolved(base["path"], Path(base["path"]), "local")
     else:
-        resolved = hub.resolve(base["id"], None if base.get("revision") in (None, "main")
-                               else base["revision"], what="base.model")
+        # an existing specialist's reference pins the commit the plan keyed
+        revision = base.get("commit") or base.get("revision")
+        resolved = hub.resolve(base["id"], None if revision in (None, "main") else revision,
+                               what=what)
     check_weights_folder(resolved.path)
     return resolved

@@ -15,7 +15,7 @@ from typing import Any
 from harness.data import readers
 from harness.errors import HarnessError
 from harness.evaluation.tasks import data_key, resolve_backend, task_data, tasks_hash
-from harness.models import base_reference
+from harness.models import base_reference, specialist_reference
 from harness.merge_methods import SEARCH_OPTIONS
 from harness.recipe import MergeSpec, Recipe
 from harness.store import content_key
@@ -73,11 +73,6 @@ def _point_label(point: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(point.items())) or "defaults"
 
 
-def _model_ref(stage: str, base: dict[str, Any]) -> dict[str, Any] | None:
-    """How to load a model that is not in the run store (a hub id or a local base folder)."""
-    return base if stage == "external" else None
-
-
 def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
     plan: dict[str, list[Unit]] = {s: [] for s in STAGES}
 
@@ -111,22 +106,38 @@ def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
         plan["specialists"].append(unit)
         base = {"kind": "tiny", "key": unit.key}
 
-    models: list[tuple[str, str, str]] = []  # (label, stage, key) of every model to evaluate
+    # (label, stage, key, how to load it when it is not in the run store) of every model to
+    # evaluate
+    models: list[tuple[str, str, str, dict[str, Any] | None]] = []
     if "key" in base:
-        models.append(("base", "specialists", base["key"]))
+        models.append(("base", "specialists", base["key"], None))
     else:
-        models.append(("base", "external", content_key(base)))
+        models.append(("base", "external", content_key(base), base))
+
+    # Existing fine-tunes (`model:`): resolved like the base, never trained; one model for
+    # every seed, keyed by what it resolves to (a hub commit, a folder's file hash).
+    existing: dict[str, tuple[str, dict[str, Any]]] = {}
+    for sp in recipe.specialists:
+        if sp.existing:
+            ref = specialist_reference(sp, recipe.base.dtype)
+            existing[sp.name] = (content_key({"existing": ref}), ref)
+            models.append((f"specialist {sp.name}", "external", existing[sp.name][0],
+                           {**ref, "specialist": sp.name}))
 
     for seed in recipe.seeds:
         specialist_keys = []
         for sp in recipe.specialists:
+            if sp.existing:
+                specialist_keys.append(existing[sp.name][0])
+                continue
             dkey = data_keys[sp.dataset]
             unit = _unit("specialists", f"specialist {sp.name} seed={seed}",
-                         {"specialist": sp.model_dump(), "data": dkey, "base": base,
+                         {"specialist": sp.model_dump(exclude={"model", "revision"}),
+                          "data": dkey, "base": base,
                           "template": recipe.base.template, "seed": seed}, requirements)
             plan["specialists"].append(unit)
             specialist_keys.append(unit.key)
-            models.append((f"specialist {sp.name} seed={seed}", "specialists", unit.key))
+            models.append((f"specialist {sp.name} seed={seed}", "specialists", unit.key, None))
         if recipe.multitask.enabled:
             dkeys = tuple(data_keys[sp.dataset] for sp in recipe.specialists)
             unit = _unit("specialists", f"multitask seed={seed}",
@@ -134,7 +145,7 @@ def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
                           "base": base, "template": recipe.base.template, "seed": seed},
                          requirements)
             plan["specialists"].append(unit)
-            models.append((f"multitask seed={seed}", "specialists", unit.key))
+            models.append((f"multitask seed={seed}", "specialists", unit.key, None))
 
         # Dev scores choose every merge (a baseline's grid point, Hi-Merging's candidates), so
         # the scorer and the dev data shape the output. `auto` is resolved here: a GPU and a
@@ -144,7 +155,9 @@ def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
                    "dev_data": sorted(data_keys[sp.dataset] for sp in recipe.specialists)}
         for spec in recipe.merges:
             common = {"method": spec.method, "base": base, "models": specialist_keys,
-                      "seed": seed, **scoring}
+                      "seed": seed, **scoring,
+                      # where existing fine-tunes load from (absent when all are trained here)
+                      **({"existing": {k: r for k, r in existing.values()}} if existing else {})}
             if spec.is_search:  # one search; every option keyed, defaults included, so a
                 # changed default re-keys the searches that use it (harness/merge_methods.py)
                 options = SEARCH_OPTIONS[spec.method].model_validate(spec.options)
@@ -159,7 +172,7 @@ def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
                 raise HarnessError(f"merges: {spec.label} and {same.label} are the same merge "
                                    "(method, grid/options); drop one")
             plan["merge"].append(unit)
-            models.append((unit.name, "merge", unit.key))
+            models.append((unit.name, "merge", unit.key, None))
 
     tasks_dir = requirements.parent / "tasks"
     served = {data_key(d.source, d.language, d.task_type): data_keys[n]
@@ -172,9 +185,9 @@ def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
     eval_inputs = {"eval": recipe.eval.model_dump(), "tasks_hash": tasks_hash(tasks_dir),
                    "backend": resolve_backend(recipe.eval.backend),
                    "data": {d: served[d] for d in needed}}
-    for label, stage, key in models:
+    for label, stage, key, ref in models:
         unit = _unit("eval", f"eval {label}",
-                     {"model": {"stage": stage, "key": key, "ref": _model_ref(stage, base)},
+                     {"model": {"stage": stage, "key": key, "ref": ref},
                       **eval_inputs}, requirements)
         plan["eval"].append(unit)
 

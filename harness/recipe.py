@@ -168,11 +168,22 @@ class Finetuning(Strict):
     cutoff_len: int = Field(1024, gt=0)
 
 
+def model_kind(ref: str) -> Literal["local", "hub"]:
+    """A folder (/abs, ./rel, ../rel, ~/...) or a hub id."""
+    return "local" if ref.startswith(("/", "./", "../", "~")) else "hub"
+
+
 class Specialist(Strict):
+    """A fine-tune of the base: trained here from `dataset` (LLaMA-Factory), or, with `model`, a
+    fine-tune that already exists (a hub id, optionally pinned by `revision`, or a local
+    folder), never trained. Either way `dataset` is its own task: its dev split is what the
+    merge must keep of it (Hi-Merging's contributions, the baselines' grid choice)."""
     name: str
     dataset: str
     language: Language
     task_type: TaskType
+    model: Optional[str] = None
+    revision: Optional[str] = None
     finetuning: Finetuning = Finetuning()
     # Passed verbatim into the LLaMA-Factory YAML (that tool validates its own keys).
     llamafactory: dict[str, Any] = Field(default_factory=dict)
@@ -183,6 +194,28 @@ class Specialist(Strict):
         if not RECIPE_NAME.match(v):
             raise ValueError(f"specialist name {v!r} must be letters, digits, '_', '-', '.'")
         return v
+
+    @model_validator(mode="after")
+    def _existing(self) -> "Specialist":
+        if self.model is None:
+            if self.revision is not None:
+                raise ValueError("`revision` pins an existing model; set `model:` or remove it")
+            return self
+        trained = sorted({"finetuning", "llamafactory"} & self.model_fields_set)
+        if trained:
+            raise ValueError(f"`{trained[0]}` trains a specialist, but this one is the existing "
+                             f"model {self.model!r}, never trained; remove `{trained[0]}`")
+        if model_kind(self.model) == "hub" and not HUB_ID.match(self.model):
+            raise ValueError(f"model {self.model!r} is neither a folder (/abs, ./rel, ../rel, "
+                             "~/...) nor a hub id (org/name)")
+        if self.revision and model_kind(self.model) != "hub":
+            raise ValueError("`revision` pins a hub model; remove it for a local folder")
+        return self
+
+    @property
+    def existing(self) -> bool:
+        """Named by `model`: resolved like the base, never trained."""
+        return self.model is not None
 
 
 class MultiTask(Strict):

@@ -106,7 +106,7 @@ CASES = [
     ("base with pickled weights only", ["specialists", "--recipe", RECIPE],
      "pickle_base", ["pytorch_model.bin", "convert the model to safetensors"]),
     ("vocabulary mismatch", ["merge", "--recipe", RECIPE],
-     "vocab", ["merge pre-flight", "vocab_size=3064 but the base has 3000"]),
+     "vocab", ["merge pre-flight", "differ in vocab_size: 3064 vs 3000"]),
     ("missing specialist folder", ["merge", "--recipe", RECIPE],
      "no_specialist", ["merge pre-flight", "the specialist is missing or incomplete",
                        "harness specialists --recipe tiny_bad"]),

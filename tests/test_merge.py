@@ -181,8 +181,8 @@ def test_different_vocabulary_fails_preflight(merged, tmp_path):
     model = tiny.init_model(TinyBase(), tokenizer(), seed=5)
     model.resize_token_embeddings(config["vocab_size"] + 64)
     tiny.save(model, tokenizer(), victim)
-    with pytest.raises(HarnessError, match=r"merge pre-flight: .* has vocab_size=3064 but the base "
-                                           r"has 3000"):
+    with pytest.raises(HarnessError, match=r"merge pre-flight: zh_mcqa \(.*\) and the base .* "
+                                           r"differ in vocab_size: 3064 vs 3000"):
         run_stage(other, "merge")
     assert not (root / ctx.recipe.name / "merge").exists() or not any(
         (root / ctx.recipe.name / "merge").iterdir())

@@ -143,8 +143,11 @@ def collect(ctx: Context) -> list[Measured]:
         results = None
         if ctx.store.has("eval", unit.key):
             results = read_results(ctx, unit)
+        existing = (model.get("ref") or {}).get("specialist")  # a fine-tune named by `model:`
+        info = ({"row": existing, "kind": "specialist", "seed": None} if existing
+                else _describe(ctx, producer))
         out.append(Measured(eval_unit=unit, model_stage=model["stage"], model_key=model["key"],
-                            results=results, **_describe(ctx, producer)))
+                            results=results, **info))
     return out
 
 

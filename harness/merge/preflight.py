@@ -1,9 +1,11 @@
 """Checks before any tensor work: the models can be merged, and the outputs fit on disk."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from harness.errors import HarnessError
 from harness.hub import Resolved
@@ -22,25 +24,65 @@ def _shapes(folder: Path) -> dict[str, list[int]]:
     return shapes
 
 
-def check_compatible(base: Resolved, models: dict[str, Path]) -> dict:
-    """Same architecture, layer count, vocabulary and embedding shapes as the (resolved)
-    base; returns what was checked against what, for the manifest."""
+def _tokenizer(folder: Path) -> dict[str, Any]:
+    """The tokenizer facts a merge depends on: a hash of the vocabulary (tokenizer.json's model
+    vocabulary and added tokens) and the chat template, where the folder has them."""
+    out: dict[str, Any] = {}
+    tok = folder / "tokenizer.json"
+    if tok.is_file():
+        data = json.loads(tok.read_text(encoding="utf-8"))
+        vocab = {"vocab": (data.get("model") or {}).get("vocab"),
+                 "added": [t.get("content") for t in data.get("added_tokens") or []]}
+        out["vocabulary"] = hashlib.sha256(json.dumps(vocab, sort_keys=True).encode()).hexdigest()[:12]
+    template = None
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+    if (folder / "chat_template.jinja").is_file():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    if template is not None:
+        out["chat_template"] = hashlib.sha256(str(template).encode()).hexdigest()[:12]
+    return out
+
+
+def check_compatible(base: Resolved, models: dict[str, Path],
+                     existing: frozenset[str] = frozenset()) -> dict:
+    """Same architecture, layer count, hidden sizes, vocabulary (size, tokens, embedding shapes)
+    and chat template as the (resolved) base, checked from config and tokenizer files before
+    any tensor is read; a mismatch is one line naming both models and the field. The tokenizer
+    and chat template are compared for the `existing` fine-tunes (named, not trained here):
+    a fine-tune trained here has the base's tokenizer and the recipe's template by
+    construction, and LLaMA-Factory's export may rewrite both files. Returns what was checked
+    against what, for the manifest."""
     want = json.loads((base.path / "config.json").read_text())
     want_shapes = _shapes(base.path)
+    want_tok = _tokenizer(base.path)
+
+    def refuse(name: str, folder: Path, field: str, got: Any, wanted: Any, fix: str) -> None:
+        raise HarnessError(f"merge pre-flight: {name} ({folder}) and the base {base.pinned} "
+                           f"differ in {field}: {got} vs {wanted}; {fix}")
+
     for name, folder in models.items():
         got = json.loads((folder / "config.json").read_text())
         for key in CONFIG_KEYS:
             if got.get(key) != want.get(key):
-                raise HarnessError(f"merge pre-flight: {name} ({folder}) has {key}={got.get(key)} "
-                                   f"but the base has {want.get(key)}; merge only models fine-tuned "
-                                   "from the same base (re-export the specialist)")
+                refuse(name, folder, key, got.get(key), want.get(key),
+                       "merge only models fine-tuned from the same base")
         for tensor, shape in _shapes(folder).items():
             if want_shapes.get(tensor) != shape:
-                raise HarnessError(f"merge pre-flight: {name} ({folder}) has {tensor} of shape "
-                                   f"{shape} but the base has {want_shapes.get(tensor)}; the "
-                                   "vocabularies differ (resize or re-export the specialist)")
+                refuse(name, folder, f"{tensor} shape", shape, want_shapes.get(tensor),
+                       "the vocabularies differ (resize or re-export the specialist)")
+        tok = _tokenizer(folder) if name in existing else {}
+        if "vocabulary" in tok and "vocabulary" in want_tok and tok["vocabulary"] != want_tok["vocabulary"]:
+            refuse(name, folder, "tokenizer vocabulary", tok["vocabulary"], want_tok["vocabulary"],
+                   "the same ids mean different tokens: merge only models with the base's "
+                   "tokenizer")
+        if "chat_template" in tok and "chat_template" in want_tok and tok["chat_template"] != want_tok["chat_template"]:
+            refuse(name, folder, "chat_template", tok["chat_template"], want_tok["chat_template"],
+                   "the merged model is prompted with the base's template; give the fine-tune "
+                   "the base's chat template")
     return {"base": base.describe(), "models": len(models), "passed": list(CONFIG_KEYS) +
-            [f"{t} shape" for t in want_shapes]}
+            [f"{t} shape" for t in want_shapes] + sorted(want_tok)}
 
 
 def check_disk(target: Path, model: Path, count: int) -> None:

@@ -44,9 +44,25 @@ def _dev_sets(ctx: Context) -> dict[str, tuple[Path, str]]:
     return out
 
 
+def existing_names(ctx: Context) -> frozenset[str]:
+    """The specialists named by `model:` (not trained here): their tokenizer and chat template
+    are checked against the base's."""
+    return frozenset(sp.name for sp in ctx.recipe.specialists if sp.existing)
+
+
+def named(ctx: Context, unit: Unit, paths: dict[str, Path]) -> dict[str, Path]:
+    """Key -> folder as specialist name -> folder (what a pre-flight error names)."""
+    return {sp.name: paths[k] for sp, k in zip(ctx.recipe.specialists, unit.inputs["models"])}
+
+
 def model_paths(ctx: Context, unit: Unit) -> dict[str, Path]:
-    """The specialists a merge unit combines, by content key -> published folder."""
-    return {key: ctx.store.path("specialists", key) / "model" for key in unit.inputs["models"]}
+    """The specialists a merge unit combines, by content key -> folder: a fine-tune trained
+    here from the run store, an existing one (hub id, local folder) through the resolver."""
+    existing = unit.inputs.get("existing", {})
+    names = dict(zip(unit.inputs["models"], (sp.name for sp in ctx.recipe.specialists)))
+    return {key: (resolve_base(ctx.store, existing[key], what=f"specialist {names[key]}").path
+                  if key in existing else ctx.store.path("specialists", key) / "model")
+            for key in unit.inputs["models"]}
 
 
 def scorer_setup(ctx: Context, base_path: Path, models: dict[str, Path]):
@@ -126,7 +142,8 @@ def build_grid(ctx: Context, unit: Unit) -> None:
         "method": method, "random_seed": seed, "base": base.describe(),
         "reproduce": f"mergekit-yaml mergekit.yaml OUT --random-seed {seed}",
         "model_keys": {str(p): k for k, p in models.items()},
-        "preflight": preflight.check_compatible(base, models)}
+        "preflight": preflight.check_compatible(base, named(ctx, unit, models),
+                                                existing_names(ctx))}
     scorer = resident_scorer(setup)
     engine = resident_candidates(setup).engine
     reference = dev_reference(ctx, unit, scorer, engine, setup)  # not counted as grid work
@@ -177,8 +194,9 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
     base = resolve_base(ctx.store, unit.inputs["base"])
     names = {sp.name: sp for sp in ctx.recipe.specialists}
     keys = dict(zip(names, unit.inputs["models"]))
-    models = {n: ctx.store.path("specialists", k) / "model" for n, k in keys.items()}
-    checked = preflight.check_compatible(base, models)
+    paths = model_paths(ctx, unit)
+    models = {n: paths[k] for n, k in keys.items()}
+    checked = preflight.check_compatible(base, models, existing_names(ctx))
     dtype = getattr(torch, ctx.recipe.base.dtype)
     setup = scorer_setup(ctx, base.path, models)
     batch = None
@@ -245,6 +263,8 @@ def _check_built(ctx: Context, unit: Unit) -> None:
     from harness.errors import HarnessError
 
     for key in unit.inputs["models"]:
+        if key in unit.inputs.get("existing", {}):
+            continue  # resolved (and checked for safetensors) by model_paths
         folder = ctx.store.path("specialists", key) / "model"
         if not ctx.store.has("specialists", key) or not (folder / "config.json").is_file():
             raise HarnessError(f"merge pre-flight: {folder}: the specialist is missing or "
@@ -277,7 +297,7 @@ def build(ctx: Context, units: list[Unit]) -> None:
         _check_built(ctx, group[0])
         base = resolve_base(ctx.store, group[0].inputs["base"])
         models = model_paths(ctx, group[0])
-        preflight.check_compatible(base, models)
+        preflight.check_compatible(base, named(ctx, group[0], models), existing_names(ctx))
         preflight.check_disk(ctx.store.stage_dir("merge"), next(iter(models.values())), len(group))
     try:
         if distributed(ctx.recipe.executor):
