@@ -13,17 +13,13 @@ from tabulate import tabulate
 
 from harness.leaderboard import paired
 from harness.leaderboard.collect import Measured, Task
+from harness.leaderboard.table import _mean, _std
 from harness.merge_methods import SEARCH_OPTIONS
 from harness.stages import Context
 
 
 def _mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return _mean(values), _std(values)
 
 
 def changed(method: str, options: dict[str, Any]) -> str:
