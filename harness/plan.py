@@ -124,6 +124,7 @@ def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
             models.append((f"specialist {sp.name}", "external", existing[sp.name][0],
                            {**ref, "specialist": sp.name}))
 
+    reconciled = {sp.name: sp.tokenizer_source for sp in recipe.specialists if sp.tokenizer_source}
     for seed in recipe.seeds:
         specialist_keys = []
         for sp in recipe.specialists:
@@ -132,7 +133,8 @@ def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
                 continue
             dkey = data_keys[sp.dataset]
             unit = _unit("specialists", f"specialist {sp.name} seed={seed}",
-                         {"specialist": sp.model_dump(exclude={"model", "revision"}),
+                         {"specialist": sp.model_dump(exclude={"model", "revision",
+                                                                "tokenizer_source"}),
                           "data": dkey, "base": base,
                           "template": recipe.base.template, "seed": seed}, requirements)
             plan["specialists"].append(unit)
@@ -157,7 +159,9 @@ def build_plan(recipe: Recipe, requirements: Path) -> dict[str, list[Unit]]:
             common = {"method": spec.method, "base": base, "models": specialist_keys,
                       "seed": seed, **scoring,
                       # where existing fine-tunes load from (absent when all are trained here)
-                      **({"existing": {k: r for k, r in existing.values()}} if existing else {})}
+                      **({"existing": {k: r for k, r in existing.values()}} if existing else {}),
+                      # fine-tunes whose vocabulary is mapped onto the base's (merge/vocab.py)
+                      **({"tokenizer_source": reconciled} if reconciled else {})}
             if spec.is_search:  # one search; every option keyed, defaults included, so a
                 # changed default re-keys the searches that use it (harness/merge_methods.py)
                 options = SEARCH_OPTIONS[spec.method].model_validate(spec.options)

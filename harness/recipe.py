@@ -184,6 +184,10 @@ class Specialist(Strict):
     task_type: TaskType
     model: Optional[str] = None
     revision: Optional[str] = None
+    # An existing fine-tune whose vocabulary differs from the base's (added tokens, other ids):
+    # `base` maps its rows onto the base tokenizer's ids by token string, as mergekit's
+    # `tokenizer_source: base` (harness/merge/vocab.py); unset, a differing vocabulary is refused.
+    tokenizer_source: Optional[Literal["base"]] = None
     finetuning: Finetuning = Finetuning()
     # Passed verbatim into the LLaMA-Factory YAML (that tool validates its own keys).
     llamafactory: dict[str, Any] = Field(default_factory=dict)
@@ -198,8 +202,10 @@ class Specialist(Strict):
     @model_validator(mode="after")
     def _existing(self) -> "Specialist":
         if self.model is None:
-            if self.revision is not None:
-                raise ValueError("`revision` pins an existing model; set `model:` or remove it")
+            for key in ("revision", "tokenizer_source"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"`{key}` is for an existing model (a specialist trained "
+                                     "here has the base's tokenizer); set `model:` or remove it")
             return self
         trained = sorted({"finetuning", "llamafactory"} & self.model_fields_set)
         if trained:

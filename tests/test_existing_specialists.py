@@ -211,3 +211,40 @@ def test_publish_puts_a_recipes_models_under_the_ids_the_cpu_recipe_names(tmp_pa
             folder / "model.safetensors").read_bytes()
     with pytest.raises(HarnessError, match="has no seed 5"):
         publish_models(ctx, seed=5)
+
+
+def test_a_fine_tune_with_another_vocabulary_is_mapped_onto_the_bases(hub_cache, tmp_path):
+    """`tokenizer_source: base` on a fine-tune published with its own numbering of the
+    vocabulary and tokens of its own: the merge stage maps its rows onto the base's ids
+    (recorded in the manifest, keyed in the plan), and every merged model, Hi-Merging's
+    included, equals the one built from the fine-tune with the base's numbering."""
+    from tiny_models import renumbered
+
+    original = hub.resolve(ZH).path
+    other = renumbered(original, tmp_path / "zh_renumbered", seed=3)
+    plain = recipe_data()
+    mapped = recipe_data(zh=str(other))
+    mapped["specialists"][1]["tokenizer_source"] = "base"
+    built = {}
+    for name, data in (("plain", plain), ("mapped", mapped)):
+        recipe, plan = plan_of(data)
+        ctx = Context(recipe, Store(tmp_path / name, recipe.name), plan, tmp_path)
+        run_stage(ctx, "data")
+        run_stage(ctx, "merge")
+        built[name] = {u.inputs["method"]: (u, ctx.store) for u in plan["merge"]}
+    for method, (unit, store) in built["mapped"].items():
+        assert unit.inputs["tokenizer_source"] == {"zh_mcqa": "base"}
+        details = store.manifest("merge", unit.key)["details"]
+        assert details["mergekit_equals_in_memory"] is True
+        record = details["preflight"]["tokenizer_source"]
+        assert record["mapped"]["zh_mcqa"]["dropped"] == 4 and record["mergekit"] == {"source": "base"}
+        config = yaml.safe_load((store.path("merge", unit.key) / "mergekit.yaml").read_text())
+        assert config["tokenizer"]["source"] == ("base" if method != "linear"
+                                                 else str(hub.resolve(BASE).path))
+        plain_unit, plain_store = built["plain"][method]
+        assert "tokenizer_source" not in plain_unit.inputs and plain_unit.key != unit.key
+        ours = load_file(str(store.path("merge", unit.key) / "model" / "model.safetensors"))
+        theirs = load_file(str(plain_store.path("merge", plain_unit.key) / "model" /
+                               "model.safetensors"))
+        assert ours.keys() == theirs.keys()
+        assert [n for n in ours if not torch.equal(ours[n], theirs[n])] == [], method

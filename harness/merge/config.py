@@ -6,19 +6,24 @@ and then parsed by mergekit's own pydantic schema.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
 from harness.merge_methods import METHODS, SEARCH_OPTIONS
 
-TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "tokenizer_source"}
+TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "tokenizer_source",
+            "tokenizer"}
 MODEL_KEYS = {"model", "parameters"}
 
 
 def mergekit_config(method: str, values: dict[str, Any], base: str, models: list[str],
-                    dtype: str) -> dict[str, Any]:
+                    dtype: str, reconcile_vocabulary: bool = False) -> dict[str, Any]:
     """The YAML mapping `mergekit-yaml` runs. Paths must be absolute: mergekit takes a bare
-    relative name for a hub id even when the folder exists."""
+    relative name for a hub id even when the folder exists. No tokenizer option unless a
+    fine-tune's vocabulary is mapped onto the base's (merge/vocab.py): with one, mergekit
+    resizes the vocabulary to the tokenizer's length, which would cut a padded base's rows
+    (Qwen2-7B: 152064 rows, 151646 tokens)."""
     spec = METHODS[method]
     per_model, shared = spec.split(values)
     config: dict[str, Any] = {"merge_method": spec.mergekit_method}
@@ -27,7 +32,10 @@ def mergekit_config(method: str, values: dict[str, Any], base: str, models: list
     config["models"] = [{"model": m, "parameters": dict(per_model)} for m in models]
     config["parameters"] = shared
     config["dtype"] = dtype
-    config["tokenizer_source"] = "base"
+    if reconcile_vocabulary:
+        from harness.merge.vocab import mergekit_tokenizer
+
+        config["tokenizer"] = mergekit_tokenizer(Path(base), spec.uses_base)
     validate(config)
     return config
 

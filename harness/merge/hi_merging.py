@@ -461,7 +461,7 @@ class HiMerging:
 
 
 def mergekit_yaml(spec: Spec, layers: list[int], base: str, models: dict[str, str],
-                  dtype: str) -> dict[str, Any]:
+                  dtype: str, tokenizer: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """A candidate as one mergekit TIES config with explicit `layers.N.` filter entries (not
     interpolated lists, which would leak into embeddings and lm_head). Weight 0 = left out."""
     entries = []
@@ -477,4 +477,4 @@ def mergekit_yaml(spec: Spec, layers: list[int], base: str, models: dict[str, st
         entries.append({"model": path, "parameters": {"weight": weight, "density": density}})
     return {"merge_method": "ties", "base_model": base, "models": entries,
             "parameters": {"normalize": False, "lambda": 1.0}, "dtype": dtype,
-            "tokenizer_source": "base"}
+            **({"tokenizer": tokenizer} if tokenizer else {})}  # merge/vocab.py

@@ -44,12 +44,39 @@ def set_seed(seed: int) -> None:
 
 
 class InMemoryMerger:
-    def __init__(self, base: Path, models: dict[str, Path], dtype: torch.dtype = torch.float32):
+    def __init__(self, base: Path, models: dict[str, Path], dtype: torch.dtype = torch.float32,
+                 reconcile_vocabulary: bool = False):
         self.dtype = dtype
         self.base = load_folder(base, dtype)
         self.models = {name: load_folder(path, dtype) for name, path in models.items()}
+        # fine-tunes' vocabularies mapped onto the base's ids as mergekit does (merge/vocab.py):
+        # one view for the methods with a base model, one (made when asked) for those without
+        self._paths = (Path(base), {n: Path(p) for n, p in models.items()})
+        self._base_free: Optional[dict[str, dict[str, torch.Tensor]]] = None
+        self._raw: dict[str, dict[str, torch.Tensor]] = {}
+        if reconcile_vocabulary:
+            from harness.merge.vocab import BASE, EMBEDDINGS, align
+
+            self._raw = {m: {n: sd[n] for n in EMBEDDINGS if n in sd}
+                         for m, sd in self.models.items()}
+            aligned = align(base, models, {BASE: {n: self.base[n] for n in EMBEDDINGS
+                                                  if n in self.base}, **self._raw})
+            self.base.update(aligned.pop(BASE))
+            for m, sd in aligned.items():
+                self.models[m] = {**self.models[m], **sd}
         self.names = list(self.base)
         self.layers = sorted({l for n in self.names if (l := layer_of(n)) is not None})
+
+    def _sources(self, uses_base: bool) -> dict[str, dict[str, torch.Tensor]]:
+        """The specialists' tensors as the method's mergekit config aligns them."""
+        if uses_base or not self._raw:
+            return self.models
+        if self._base_free is None:
+            from harness.merge.vocab import align
+
+            aligned = align(self._paths[0], self._paths[1], self._raw)
+            self._base_free = {m: {**sd, **aligned[m]} for m, sd in self.models.items()}
+        return self._base_free
 
     def layer_tensors(self, layer: int) -> list[str]:
         return [n for n in self.names if layer_of(n) == layer]
@@ -70,7 +97,7 @@ class InMemoryMerger:
         params: dict[str, Any] = dict(shared)
         for key, value in model_values.items():
             params[key] = {m: (per_model or {}).get(m, {}).get(key, value) for m in self.models}
-        inputs = {m: {n: sd[n] for n in names} for m, sd in self.models.items()}
+        inputs = {m: {n: sd[n] for n in names} for m, sd in self._sources(spec.uses_base).items()}
         if spec.uses_base:
             inputs = {"__base__": {n: self.base[n] for n in names}, **inputs}
         if seed is not None:

@@ -18,6 +18,10 @@ def localise(config: dict, runs_root: Path) -> dict:
         config["base_model"] = local_reference(str(config["base_model"]), runs_root)
     config["models"] = [{**m, "model": local_reference(str(m["model"]), runs_root)}
                         for m in config.get("models") or []]
+    tokenizer = config.get("tokenizer") or {}
+    if tokenizer.get("source") not in (None, "base", "union"):  # the base's folder (linear)
+        config["tokenizer"] = {**tokenizer, "source": local_reference(str(tokenizer["source"]),
+                                                                      runs_root)}
     for ref in [config.get("base_model")] + [m["model"] for m in config["models"]]:
         if ref and not Path(ref).is_dir():
             raise HarnessError(f"{ref}: model folder not found; build the recipe's models into "

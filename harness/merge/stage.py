@@ -50,6 +50,11 @@ def existing_names(ctx: Context) -> frozenset[str]:
     return frozenset(sp.name for sp in ctx.recipe.specialists if sp.existing)
 
 
+def reconciled(unit: Unit) -> frozenset[str]:
+    """The fine-tunes whose vocabulary is mapped onto the base's (`tokenizer_source: base`)."""
+    return frozenset(unit.inputs.get("tokenizer_source", {}))
+
+
 def named(ctx: Context, unit: Unit, paths: dict[str, Path]) -> dict[str, Path]:
     """Key -> folder as specialist name -> folder (what a pre-flight error names)."""
     return {sp.name: paths[k] for sp, k in zip(ctx.recipe.specialists, unit.inputs["models"])}
@@ -65,7 +70,8 @@ def model_paths(ctx: Context, unit: Unit) -> dict[str, Path]:
             for key in unit.inputs["models"]}
 
 
-def scorer_setup(ctx: Context, base_path: Path, models: dict[str, Path]):
+def scorer_setup(ctx: Context, base_path: Path, models: dict[str, Path],
+                 reconcile_vocabulary: bool = False):
     """What the resident candidate scorer needs: one setup for baselines and Hi-Merging."""
     from harness.evaluation.tasks import resolve_backend
     from harness.scoring.pool import ScorerSetup
@@ -76,7 +82,7 @@ def scorer_setup(ctx: Context, base_path: Path, models: dict[str, Path]):
         {n: (str(path), kind) for n, (path, kind) in _dev_sets(ctx).items()},
         spec.limit, recipe.base.dtype, recipe.eval.apply_chat_template, spec.batch_size,
         recipe.eval.max_model_len, recipe.eval.tensor_parallel_size, recipe.base.system_prompt,
-        spec.mode, recipe.eval.max_gen_toks or 256)
+        spec.mode, recipe.eval.max_gen_toks or 256, reconcile_vocabulary)
 
 
 def dev_items(setup) -> dict[str, int]:
@@ -137,13 +143,14 @@ def build_grid(ctx: Context, unit: Unit) -> None:
     method, seed = unit.inputs["method"], unit.inputs["seed"]
     base = resolve_base(ctx.store, unit.inputs["base"])
     models = model_paths(ctx, unit)
-    setup = scorer_setup(ctx, base.path, models)
+    mapped = bool(reconciled(unit))
+    setup = scorer_setup(ctx, base.path, models, mapped)
     details: dict[str, Any] = {
         "method": method, "random_seed": seed, "base": base.describe(),
         "reproduce": f"mergekit-yaml mergekit.yaml OUT --random-seed {seed}",
         "model_keys": {str(p): k for k, p in models.items()},
         "preflight": preflight.check_compatible(base, named(ctx, unit, models),
-                                                existing_names(ctx))}
+                                                existing_names(ctx), reconciled(unit))}
     scorer = resident_scorer(setup)
     engine = resident_candidates(setup).engine
     reference = dev_reference(ctx, unit, scorer, engine, setup)  # not counted as grid work
@@ -165,7 +172,7 @@ def build_grid(ctx: Context, unit: Unit) -> None:
                    scorer=_scored_since(scorer, before), points=len(grid),
                    items=sum(dev_items(setup).values()) * len(grid))
     config = mergekit_config(method, chosen, str(base.path), [str(p) for p in models.values()],
-                             ctx.recipe.base.dtype)
+                             ctx.recipe.base.dtype, mapped)
     dtype = getattr(torch, ctx.recipe.base.dtype)
     with ctx.store.build("merge", unit.key, unit.inputs, unit.versions, details) as tmp:
         (tmp / "mergekit.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -187,6 +194,7 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
     from harness.merge import report
     from harness.merge.hi_merging import HiMerging, Options, ScoreCache, mergekit_yaml
     from harness.merge.memory import load_folder
+    from harness.merge.vocab import mergekit_tokenizer
     from harness.scoring.pool import ScorerPool, resident_candidates, resident_scorer
 
     import torch
@@ -196,9 +204,9 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
     keys = dict(zip(names, unit.inputs["models"]))
     paths = model_paths(ctx, unit)
     models = {n: paths[k] for n, k in keys.items()}
-    checked = preflight.check_compatible(base, models, existing_names(ctx))
+    checked = preflight.check_compatible(base, models, existing_names(ctx), reconciled(unit))
     dtype = getattr(torch, ctx.recipe.base.dtype)
-    setup = scorer_setup(ctx, base.path, models)
+    setup = scorer_setup(ctx, base.path, models, bool(reconciled(unit)))
     batch = None
     if distributed(ctx.recipe.executor):
         # candidates go to `workers` scoring processes (pool or Ray actors), batch by batch
@@ -226,7 +234,8 @@ def build_hi_merging(ctx: Context, unit: Unit) -> None:
         if batch is not None:
             batch.close()
     config = mergekit_yaml(result["final"], engine.layers, str(base.path),
-                           {n: str(p) for n, p in models.items()}, ctx.recipe.base.dtype)
+                           {n: str(p) for n, p in models.items()}, ctx.recipe.base.dtype,
+                           mergekit_tokenizer(base.path) if reconciled(unit) else None)
     details: dict[str, Any] = {
         "method": unit.inputs["method"], "options": options.model_dump(), "random_seed": unit.inputs["seed"],
         "reproduce": "mergekit-yaml mergekit.yaml OUT", "base": base.describe(),
@@ -297,7 +306,8 @@ def build(ctx: Context, units: list[Unit]) -> None:
         _check_built(ctx, group[0])
         base = resolve_base(ctx.store, group[0].inputs["base"])
         models = model_paths(ctx, group[0])
-        preflight.check_compatible(base, named(ctx, group[0], models), existing_names(ctx))
+        preflight.check_compatible(base, named(ctx, group[0], models), existing_names(ctx),
+                                   reconciled(group[0]))
         preflight.check_disk(ctx.store.stage_dir("merge"), next(iter(models.values())), len(group))
     try:
         if distributed(ctx.recipe.executor):

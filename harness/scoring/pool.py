@@ -37,6 +37,7 @@ class ScorerSetup:
     system_prompt: str | None = None
     mode: str = "loglikelihood"        # QA dev score: reference log-likelihood or ROUGE-L
     max_gen_toks: int = 256
+    reconcile_vocabulary: bool = False  # fine-tunes' vocabularies put onto the base's ids
 
     def scorer(self):
         """The resident scorer (its engine holds the base until candidates are pushed in)."""
@@ -64,7 +65,8 @@ _MERGER: dict[str, Any] = {}
 
 
 def resident_scorer(setup: ScorerSetup):
-    key = _key({k: v for k, v in setup.__dict__.items() if k != "models"})
+    key = _key({k: v for k, v in setup.__dict__.items()
+                if k not in ("models", "reconcile_vocabulary")})  # the base's engine either way
     if key not in _SCORER:
         close_residents()
         _SCORER[key] = setup.scorer()
@@ -78,12 +80,13 @@ def resident_candidates(setup: ScorerSetup):
     from harness.merge.hi_merging import Candidates
     from harness.merge.memory import InMemoryMerger
 
-    key = _key({"base": setup.base, "models": setup.models, "dtype": setup.dtype})
+    key = _key({"base": setup.base, "models": setup.models, "dtype": setup.dtype,
+                "reconcile_vocabulary": setup.reconcile_vocabulary})
     if key not in _MERGER:
         _MERGER.clear()  # free the last specialists' tensors before loading the next
         _MERGER[key] = Candidates(InMemoryMerger(
             Path(setup.base), {n: Path(p) for n, p in setup.models.items()},
-            getattr(torch, setup.dtype)))
+            getattr(torch, setup.dtype), setup.reconcile_vocabulary))
     return _MERGER[key]
 
 
