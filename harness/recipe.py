@@ -42,6 +42,9 @@ class TinyBase(Strict):
     num_kv_heads: int = Field(1, gt=0)
     intermediate_size: int = Field(256, gt=0)
     vocab_size: int = Field(3000, gt=256)
+    # Embedding and lm_head rows rounded up to a multiple of this, past the tokenizer's length,
+    # as real checkpoints pad them (Qwen2-7B: 152064 rows for 151646 tokens); 1: no padding.
+    vocab_multiple_of: int = Field(1, gt=0)
     max_position_embeddings: int = Field(512, gt=0)
     pretrain_steps: int = Field(1200, gt=0)
     pretrain_lr: float = Field(2e-3, gt=0)

@@ -107,11 +107,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, fmt: ChatFormat = FOR
 
 
 def model_config(spec: TinyBase, tokenizer):
-    """The config of the recipe's tiny shape and architecture, sized to the tokenizer."""
+    """The config of the recipe's tiny shape and architecture, sized to the tokenizer (padded
+    to `vocab_multiple_of` rows)."""
     from transformers import LlamaConfig, Qwen2Config
 
+    rows = -(-len(tokenizer) // spec.vocab_multiple_of) * spec.vocab_multiple_of
     common = dict(
-        vocab_size=len(tokenizer), hidden_size=spec.hidden_size,
+        vocab_size=rows, hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_layers,
         num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_kv_heads,
         max_position_embeddings=spec.max_position_embeddings, tie_word_embeddings=False,

@@ -44,7 +44,11 @@ _SHAPE = dict(hidden_size=128, num_layers=4, num_heads=2, num_kv_heads=1, interm
               pretrain_lr=2e-3, pretrain_batch_size=16, cutoff_len=256,
               corpus_statements=20000, corpus_seed=0)
 TINY_REPOS: dict[str, TinyRepo] = {
-    "harness-tiny/qwen2-med": TinyRepo(TinyBase(architecture="qwen2", **_SHAPE),
+    # Qwen2-7B pads its 151646 tokens to 152064 embedding rows; the stand-in pads too (6000
+    # tokens, 6144 rows), so merges of it take the padded path (merge/vocab.py). Llama-3-8B's
+    # 128256 rows are its tokenizer's length: no padding.
+    "harness-tiny/qwen2-med": TinyRepo(TinyBase(architecture="qwen2", vocab_multiple_of=256,
+                                                **_SHAPE),
                                        "qwen2_7b_instruct.json", "qwen"),
     "harness-tiny/llama3-med": TinyRepo(TinyBase(architecture="llama", **_SHAPE),
                                         "llama3_8b_instruct.json", "llama3"),

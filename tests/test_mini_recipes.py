@@ -181,3 +181,19 @@ def test_a_published_mergekit_yaml_reproduces_its_model(mini_run, tmp_path):
         assert again.keys() == ours.keys()
         for name in ours:
             assert torch.equal(again[name], ours[name]), name
+
+
+def test_merges_keep_the_bases_embedding_rows(mini_run):
+    """The Qwen2 stand-in pads its embeddings past its tokenizer, as Qwen2-7B does (152064
+    rows, 151646 tokens); every merged model keeps the base's row count (mergekit is given no
+    tokenizer option that would cut them) and equals its in-memory candidate."""
+    from harness.merge.vocab import embedding_rows, token_ids
+
+    ctx, base, _ = mini_run
+    rows, tokens = embedding_rows(base.path), len(token_ids(base.path)[1])
+    assert (rows > tokens) == ("qwen2" in base.ref)  # Llama-3-8B's rows are its tokens
+    for unit in ctx.plan["merge"]:
+        folder = ctx.store.path("merge", unit.key)
+        assert embedding_rows(folder / "model") == rows
+        assert "tokenizer" not in yaml.safe_load((folder / "mergekit.yaml").read_text())
+        assert ctx.store.manifest("merge", unit.key)["details"]["mergekit_equals_in_memory"]
