@@ -9,11 +9,12 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.hub import Resolved
+from harness.merge import vocab
+from harness.merge.vocab import EMBEDDINGS
 from harness.models import check_weights_folder, safetensors_header
 
 CONFIG_KEYS = ("architectures", "num_hidden_layers", "hidden_size", "intermediate_size",
                "num_attention_heads", "num_key_value_heads", "vocab_size")
-EMBEDDINGS = ("model.embed_tokens.weight", "lm_head.weight")
 
 
 def _shapes(folder: Path) -> dict[str, list[int]]:
@@ -31,9 +32,9 @@ def _tokenizer(folder: Path) -> dict[str, Any]:
     tok = folder / "tokenizer.json"
     if tok.is_file():
         data = json.loads(tok.read_text(encoding="utf-8"))
-        vocab = {"vocab": (data.get("model") or {}).get("vocab"),
+        words = {"vocab": (data.get("model") or {}).get("vocab"),
                  "added": [t.get("content") for t in data.get("added_tokens") or []]}
-        out["vocabulary"] = hashlib.sha256(json.dumps(vocab, sort_keys=True).encode()).hexdigest()[:12]
+        out["vocabulary"] = hashlib.sha256(json.dumps(words, sort_keys=True).encode()).hexdigest()[:12]
     template = None
     config = folder / "tokenizer_config.json"
     if config.is_file():
@@ -56,8 +57,6 @@ def check_compatible(base: Resolved, models: dict[str, Path],
     construction, and LLaMA-Factory's export may rewrite both files. A fine-tune in
     `reconcile` (`tokenizer_source: base`) may differ in vocabulary if its tokens map onto the
     base's (merge/vocab.py). Returns what was checked against what, for the manifest."""
-    from harness.merge import vocab
-
     want = json.loads((base.path / "config.json").read_text())
     want_shapes = _shapes(base.path)
     want_tok = _tokenizer(base.path)
